@@ -1,0 +1,17 @@
+//! Domain types of sandboxd: sandboxes, their resources and lifecycle, tenants and templates.
+//!
+//! Nothing here knows about HTTP, SQLite or gVisor; the API front-ends translate requests into
+//! these types and the engine acts on them.
+
+pub mod error;
+pub mod resources;
+pub mod sandbox;
+pub mod state;
+pub mod tenant;
+pub mod validate;
+
+pub use error::CoreError;
+pub use resources::Resources;
+pub use sandbox::{EnvVar, NetSlot, Sandbox, SandboxId};
+pub use state::SandboxState;
+pub use tenant::{Principal, Tenant};

@@ -1,0 +1,119 @@
+//! The sandbox record as the engine keeps it.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Resources, SandboxState, Tenant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct SandboxId(pub Uuid);
+
+impl SandboxId {
+    pub fn new() -> Self {
+        SandboxId(Uuid::new_v4())
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(SandboxId)
+    }
+
+    /// A short stable name for host objects (netns, veth, cgroup): 12 hex chars.
+    pub fn short(&self) -> String {
+        self.0.simple().to_string()[..12].to_string()
+    }
+}
+
+impl Default for SandboxId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SandboxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// A sandbox's slot in the node's address plan: slot `n` owns the /30 `10.200.0.0 + 4n`, with
+/// the host side at `.1` and the sandbox at `.2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NetSlot(pub u32);
+
+impl NetSlot {
+    /// Slots available in 10.200.0.0/16.
+    pub const COUNT: u32 = 1 << 14;
+
+    fn base(self) -> u32 {
+        u32::from(Ipv4Addr::new(10, 200, 0, 0)) + self.0 * 4
+    }
+    pub fn host_ip(self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base() + 1)
+    }
+    pub fn sandbox_ip(self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base() + 2)
+    }
+}
+
+/// Everything the engine knows about one sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: SandboxId,
+    pub tenant: Tenant,
+    pub name: String,
+    pub region: String,
+    pub template_id: String,
+    /// The image the template provides, as shown to clients.
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: Vec<EnvVar>,
+    pub resources: Resources,
+    pub state: SandboxState,
+    /// Why the sandbox is `Failed`, or the last operation's error.
+    pub status_message: Option<String>,
+    pub net: Option<NetSlot>,
+    /// The NeevCloud `egress` object as given at create, stored verbatim.
+    pub egress: Option<serde_json::Value>,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Idle timeout in seconds, after which the sandbox is stopped; `None` = never.
+    pub timeout_secs: Option<u64>,
+    pub last_activity_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_disjoint_slash30s() {
+        assert_eq!(NetSlot(0).host_ip(), Ipv4Addr::new(10, 200, 0, 1));
+        assert_eq!(NetSlot(0).sandbox_ip(), Ipv4Addr::new(10, 200, 0, 2));
+        assert_eq!(NetSlot(1).host_ip(), Ipv4Addr::new(10, 200, 0, 5));
+        assert_eq!(NetSlot(64).sandbox_ip(), Ipv4Addr::new(10, 200, 1, 2));
+        assert_eq!(
+            NetSlot(NetSlot::COUNT - 1).sandbox_ip(),
+            Ipv4Addr::new(10, 200, 255, 254)
+        );
+    }
+
+    #[test]
+    fn short_id_is_12_hex() {
+        let id = SandboxId::new();
+        assert_eq!(id.short().len(), 12);
+        assert!(id.short().chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
