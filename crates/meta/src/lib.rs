@@ -1,0 +1,62 @@
+//! Where sandboxd keeps what it knows: API keys and sandbox records.
+//!
+//! [`MetaStore`] is the seam; [`SqliteStore`] is the embedded default. Calls are synchronous and
+//! short (single-row reads and writes); the engine calls them directly.
+
+mod sqlite;
+
+use chrono::{DateTime, Utc};
+use sandboxd_core::{Sandbox, SandboxId, Tenant};
+use thiserror::Error;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, Error)]
+pub enum MetaError {
+    /// A uniqueness rule was broken; the message names what clashed.
+    #[error("{0}")]
+    Conflict(String),
+    /// No free network slot is left on this node.
+    #[error("no free network slot")]
+    SlotsExhausted,
+    #[error("stored record is unreadable")]
+    Corrupt(#[source] serde_json::Error),
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// An API key as stored: the secret itself is never kept, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub org: String,
+    pub project: Option<String>,
+    pub secret_sha256: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One page of a listing plus the total across all pages.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+pub trait MetaStore: Send + Sync {
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), MetaError>;
+    fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, MetaError>;
+    fn count_keys(&self) -> Result<u64, MetaError>;
+
+    /// Inserts a new sandbox, giving it the lowest free network slot. Fails with `Conflict` if
+    /// the name is taken in its tenant.
+    fn insert_sandbox(&self, sandbox: &mut Sandbox) -> Result<(), MetaError>;
+    fn update_sandbox(&self, sandbox: &Sandbox) -> Result<(), MetaError>;
+    fn get_sandbox(&self, id: SandboxId) -> Result<Option<Sandbox>, MetaError>;
+    /// Sandboxes of one tenant, oldest first.
+    fn list_sandboxes(&self, tenant: &Tenant, offset: u64, limit: u64)
+        -> Result<Page<Sandbox>, MetaError>;
+    fn count_sandboxes_in_org(&self, org: &str) -> Result<u64, MetaError>;
+    /// Every sandbox on the node, for reconciliation and sampling.
+    fn all_sandboxes(&self) -> Result<Vec<Sandbox>, MetaError>;
+    fn delete_sandbox(&self, id: SandboxId) -> Result<(), MetaError>;
+}

@@ -1,0 +1,323 @@
+//! The embedded SQLite implementation of [`MetaStore`].
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sandboxd_core::{NetSlot, Sandbox, SandboxId, Tenant};
+
+use crate::{KeyRecord, MetaError, MetaStore, Page};
+
+/// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys and sandboxes.
+    "CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        project TEXT,
+        secret_sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL
+     );
+     CREATE TABLE sandboxes (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        slot INTEGER UNIQUE,
+        created_at TEXT NOT NULL,
+        record TEXT NOT NULL,
+        UNIQUE (org, project, name)
+     );
+     CREATE INDEX sandboxes_tenant ON sandboxes (org, project, created_at);",
+];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, MetaError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Self::from_connection(conn)
+    }
+
+    pub fn in_memory() -> Result<Self, MetaError> {
+        Self::from_connection(Connection::open_in_memory()?)
+    }
+
+    fn from_connection(mut conn: Connection) -> Result<Self, MetaError> {
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), MetaError> {
+    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn decode(record: String) -> Result<Sandbox, MetaError> {
+    serde_json::from_str(&record).map_err(MetaError::Corrupt)
+}
+
+fn encode(sandbox: &Sandbox) -> String {
+    serde_json::to_string(sandbox).expect("sandbox record serializes")
+}
+
+fn lowest_free_slot(conn: &Connection) -> Result<NetSlot, MetaError> {
+    let mut stmt = conn.prepare("SELECT slot FROM sandboxes WHERE slot IS NOT NULL ORDER BY slot")?;
+    let mut next = 0u32;
+    for slot in stmt.query_map([], |r| r.get::<_, u32>(0))? {
+        let slot = slot?;
+        if slot != next {
+            break;
+        }
+        next += 1;
+    }
+    if next >= NetSlot::COUNT {
+        return Err(MetaError::SlotsExhausted);
+    }
+    Ok(NetSlot(next))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+impl MetaStore for SqliteStore {
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO api_keys (id, org, project, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.id, key.org, key.project, key.secret_sha256, key.created_at.to_rfc3339()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_key(&self, id: &str) -> Result<Option<KeyRecord>, MetaError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT id, org, project, secret_sha256, created_at FROM api_keys WHERE id = ?1",
+                [id],
+                |r| {
+                    let created: String = r.get(4)?;
+                    Ok(KeyRecord {
+                        id: r.get(0)?,
+                        org: r.get(1)?,
+                        project: r.get(2)?,
+                        secret_sha256: r.get(3)?,
+                        created_at: chrono::DateTime::parse_from_rfc3339(&created)
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .unwrap_or_default(),
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+
+    fn count_keys(&self) -> Result<u64, MetaError> {
+        self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?))
+    }
+
+    fn insert_sandbox(&self, sandbox: &mut Sandbox) -> Result<(), MetaError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE org = ?1 AND project = ?2 AND name = ?3)",
+                params![sandbox.tenant.org, sandbox.tenant.project, sandbox.name],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Err(MetaError::Conflict(format!(
+                    "a sandbox named {} already exists in this project",
+                    sandbox.name
+                )));
+            }
+            let slot = lowest_free_slot(&tx)?;
+            sandbox.net = Some(slot);
+            tx.execute(
+                "INSERT INTO sandboxes (id, org, project, name, slot, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    sandbox.id.to_string(),
+                    sandbox.tenant.org,
+                    sandbox.tenant.project,
+                    sandbox.name,
+                    slot.0,
+                    sandbox.created_at.to_rfc3339(),
+                    encode(sandbox)
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    MetaError::Conflict(format!("a sandbox named {} already exists in this project", sandbox.name))
+                } else {
+                    e.into()
+                }
+            })?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn update_sandbox(&self, sandbox: &Sandbox) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET slot = ?2, record = ?3 WHERE id = ?1",
+                params![sandbox.id.to_string(), sandbox.net.map(|s| s.0), encode(sandbox)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_sandbox(&self, id: SandboxId) -> Result<Option<Sandbox>, MetaError> {
+        self.with(|c| {
+            c.query_row("SELECT record FROM sandboxes WHERE id = ?1", [id.to_string()], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .map(decode)
+            .transpose()
+        })
+    }
+
+    fn list_sandboxes(&self, tenant: &Tenant, offset: u64, limit: u64) -> Result<Page<Sandbox>, MetaError> {
+        self.with(|c| {
+            let total: u64 = c.query_row(
+                "SELECT COUNT(*) FROM sandboxes WHERE org = ?1 AND project = ?2",
+                params![tenant.org, tenant.project],
+                |r| r.get(0),
+            )?;
+            let mut stmt = c.prepare(
+                "SELECT record FROM sandboxes WHERE org = ?1 AND project = ?2
+                 ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
+            )?;
+            let items = stmt
+                .query_map(params![tenant.org, tenant.project, limit as i64, offset as i64], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .map(|r| r.map_err(MetaError::from).and_then(decode))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page { items, total })
+        })
+    }
+
+    fn count_sandboxes_in_org(&self, org: &str) -> Result<u64, MetaError> {
+        self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM sandboxes WHERE org = ?1", [org], |r| r.get(0))?))
+    }
+
+    fn all_sandboxes(&self) -> Result<Vec<Sandbox>, MetaError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT record FROM sandboxes ORDER BY created_at")?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .map(|r| r.map_err(MetaError::from).and_then(decode))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn delete_sandbox(&self, id: SandboxId) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute("DELETE FROM sandboxes WHERE id = ?1", [id.to_string()])?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use sandboxd_core::{Resources, SandboxState};
+
+    fn sandbox(org: &str, project: &str, name: &str) -> Sandbox {
+        let now = Utc::now();
+        Sandbox {
+            id: SandboxId::new(),
+            tenant: Tenant { org: org.into(), project: project.into() },
+            name: name.into(),
+            region: "local".into(),
+            template_id: "sb-busybox".into(),
+            image: "busybox".into(),
+            command: vec![],
+            env: vec![],
+            resources: Resources::default(),
+            state: SandboxState::Starting,
+            status_message: None,
+            net: None,
+            egress: None,
+            created_by: None,
+            created_at: now,
+            updated_at: now,
+            timeout_secs: None,
+            last_activity_at: now,
+        }
+    }
+
+    #[test]
+    fn names_are_unique_per_project_and_slots_reused() {
+        let store = SqliteStore::in_memory().unwrap();
+        let mut a = sandbox("o", "p", "a");
+        store.insert_sandbox(&mut a).unwrap();
+        assert_eq!(a.net, Some(NetSlot(0)));
+        let mut dup = sandbox("o", "p", "a");
+        assert!(matches!(store.insert_sandbox(&mut dup), Err(MetaError::Conflict(_))));
+        let mut other_project = sandbox("o", "q", "a");
+        store.insert_sandbox(&mut other_project).unwrap();
+        assert_eq!(other_project.net, Some(NetSlot(1)));
+        store.delete_sandbox(a.id).unwrap();
+        let mut c = sandbox("o", "p", "a");
+        store.insert_sandbox(&mut c).unwrap();
+        assert_eq!(c.net, Some(NetSlot(0)), "freed slot is reused");
+    }
+
+    #[test]
+    fn list_is_per_tenant_and_paginated() {
+        let store = SqliteStore::in_memory().unwrap();
+        for i in 0..5 {
+            store.insert_sandbox(&mut sandbox("o", "p", &format!("s{i}"))).unwrap();
+        }
+        store.insert_sandbox(&mut sandbox("other", "p", "x")).unwrap();
+        let t = Tenant { org: "o".into(), project: "p".into() };
+        let page = store.list_sandboxes(&t, 2, 2).unwrap();
+        assert_eq!(page.total, 5);
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(store.count_sandboxes_in_org("o").unwrap(), 5);
+    }
+
+    #[test]
+    fn records_round_trip_and_migrations_are_idempotent() {
+        let dir = std::env::temp_dir().join(format!("meta-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.db");
+        let mut s = sandbox("o", "p", "a");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.insert_sandbox(&mut s).unwrap();
+            s.state = SandboxState::Running;
+            store.update_sandbox(&s).unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get_sandbox(s.id).unwrap(), Some(s));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
