@@ -1,0 +1,36 @@
+//! `sandboxd-agent`: init of every sandbox. Usage: `sandboxd-agent [--listen ADDR]`.
+
+use std::net::TcpListener;
+use std::thread;
+
+use sandboxd_agent::proto::AGENT_PORT;
+use sandboxd_agent::server::{serve, Agent};
+
+fn main() {
+    let mut listen = format!("0.0.0.0:{AGENT_PORT}");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next().unwrap_or(listen),
+            "--version" => {
+                println!("sandboxd-agent {}", env!("CARGO_PKG_VERSION"));
+                return;
+            }
+            other => {
+                eprintln!("sandboxd-agent: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let agent = Agent::new();
+    let reaper = agent.clone();
+    thread::spawn(move || reaper.run_reaper());
+    let listener = match TcpListener::bind(&listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sandboxd-agent: cannot listen on {listen}: {e}");
+            std::process::exit(1);
+        }
+    };
+    serve(agent, listener);
+}

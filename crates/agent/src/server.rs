@@ -1,0 +1,888 @@
+//! The agent's process table, reaper, file operations and TCP server.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+use crate::proto::{FileInfo, ProcInfo, Reply, Request, StartSpec, MAX_REQUEST_BYTES};
+
+/// Output kept per process; past it, output is read and dropped.
+const MAX_OUTPUT_BYTES: usize = 32 * 1024 * 1024;
+/// Exited processes remembered for `get`/`logs`.
+const MAX_EXITED: usize = 512;
+/// How long after exit we wait for pipes held open by a background grandchild.
+const PIPE_GRACE: Duration = Duration::from_millis(100);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Chunk {
+    seq: u64,
+    stream: &'static str,
+    data: Vec<u8>,
+}
+
+struct Proc {
+    info: ProcInfo,
+    os_pid: i32,
+    chunks: Vec<Chunk>,
+    out_bytes: usize,
+    next_seq: u64,
+    open_pipes: u8,
+    exited_at: Option<Instant>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    /// All output is in and the exit status known (or the pipes outlived the grace period).
+    fn finished(&self) -> bool {
+        match self.exited_at {
+            Some(t) => self.open_pipes == 0 || t.elapsed() >= PIPE_GRACE,
+            None => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    procs: HashMap<u32, Proc>,
+    by_os_pid: HashMap<i32, u32>,
+    next_pid: u32,
+    live_children: usize,
+}
+
+/// Shared agent state: the process table and one condition variable for every change in it.
+#[derive(Default)]
+pub struct Agent {
+    table: Mutex<Table>,
+    changed: Condvar,
+}
+
+impl Agent {
+    pub fn new() -> Arc<Agent> {
+        Arc::new(Agent::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reaps every child (ours and orphans re-parented to us as init) and records exits.
+    pub fn run_reaper(self: &Arc<Self>) {
+        loop {
+            // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid writes only into `info`, which outlives the call. WNOWAIT leaves
+            // the child waitable so that we decide who reaps it under the table lock.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if rc != 0 {
+                // No children: wait until a spawn tells us there is one.
+                let table = self.lock();
+                if table.live_children == 0 {
+                    let _ = self
+                        .changed
+                        .wait_timeout(table, Duration::from_millis(200));
+                } else {
+                    drop(table);
+                    thread::sleep(Duration::from_millis(1));
+                }
+                continue;
+            }
+            // SAFETY: waitid succeeded with WEXITED, so si_pid is set.
+            let os_pid = unsafe { info.si_pid() };
+            // Taking the lock waits out any spawn in progress, so a child of ours is registered.
+            let mut table = self.lock();
+            let mut status: libc::c_int = 0;
+            // SAFETY: reaps exactly the child waitid reported; `status` outlives the call.
+            let reaped = unsafe { libc::waitpid(os_pid, &mut status, libc::WNOHANG) };
+            if reaped != os_pid {
+                continue;
+            }
+            let Some(pid) = table.by_os_pid.remove(&os_pid) else {
+                continue; // an orphan re-parented to init
+            };
+            table.live_children = table.live_children.saturating_sub(1);
+            if let Some(p) = table.procs.get_mut(&pid) {
+                p.info.running = false;
+                if libc::WIFEXITED(status) {
+                    p.info.exit_code = Some(libc::WEXITSTATUS(status));
+                } else if libc::WIFSIGNALED(status) {
+                    let sig = libc::WTERMSIG(status);
+                    p.info.signal = Some(sig);
+                    p.info.exit_code = Some(128 + sig);
+                }
+                p.info.ended_at_ms = Some(now_ms());
+                p.exited_at = Some(Instant::now());
+                p.stdin = None;
+            }
+            evict_exited(&mut table);
+            drop(table);
+            self.changed.notify_all();
+        }
+    }
+
+    fn start(self: &Arc<Self>, spec: StartSpec) -> Result<ProcInfo, Reply> {
+        if spec.argv.is_empty() || spec.argv[0].is_empty() {
+            return Err(Reply::error("invalid", "argv must not be empty"));
+        }
+        let cwd = match &spec.cwd {
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => default_cwd(),
+        };
+        if !Path::new(&cwd).is_dir() {
+            return Err(Reply::error("not_found", format!("working directory {cwd} does not exist")));
+        }
+        let path_var = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
+        let program = resolve(&spec.argv[0], &path_var, &cwd).ok_or_else(|| {
+            Reply::error("not_found", format!("{}: command not found", spec.argv[0]))
+        })?;
+        let stdin_data = match &spec.stdin_data {
+            Some(d) => Some(
+                B64.decode(d)
+                    .map_err(|_| Reply::error("invalid", "stdin_data is not base64"))?,
+            ),
+            None => None,
+        };
+
+        let mut cmd = Command::new(&program);
+        cmd.arg0(&spec.argv[0])
+            .args(&spec.argv[1..])
+            .current_dir(&cwd)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if spec.stdin || stdin_data.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .process_group(0);
+
+        let mut table = self.lock();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Reply::error("invalid", format!("cannot start {}: {e}", spec.argv[0])))?;
+        table.next_pid += 1;
+        let pid = table.next_pid;
+        let os_pid = child.id() as i32;
+        let info = ProcInfo {
+            pid,
+            argv: spec.argv.clone(),
+            cwd,
+            tag: spec.tag.clone(),
+            running: true,
+            exit_code: None,
+            signal: None,
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+        };
+        let mut stdin = child.stdin.take();
+        if let Some(data) = stdin_data {
+            if spec.stdin {
+                if let Some(pipe) = stdin.as_mut() {
+                    let _ = pipe.write_all(&data);
+                }
+            } else if let Some(mut pipe) = stdin.take() {
+                // Written from a thread so a large input cannot block the table lock; the pipe
+                // closes when the thread ends.
+                thread::spawn(move || {
+                    let _ = pipe.write_all(&data);
+                });
+            }
+        }
+        table.procs.insert(
+            pid,
+            Proc {
+                info: info.clone(),
+                os_pid,
+                chunks: Vec::new(),
+                out_bytes: 0,
+                next_seq: 0,
+                open_pipes: 2,
+                exited_at: None,
+                stdin: if spec.stdin { stdin } else { None },
+            },
+        );
+        table.by_os_pid.insert(os_pid, pid);
+        table.live_children += 1;
+        drop(table);
+        self.changed.notify_all();
+
+        for (stream, pipe) in [
+            ("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+            ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        ] {
+            let Some(pipe) = pipe else { continue };
+            let agent = Arc::clone(self);
+            thread::spawn(move || agent.pump(pid, stream, pipe));
+        }
+        // The reaper owns waiting; the Child handle is dropped without wait().
+        drop(child);
+        Ok(info)
+    }
+
+    fn pump(&self, pid: u32, stream: &'static str, mut pipe: Box<dyn Read + Send>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut table = self.lock();
+            if let Some(p) = table.procs.get_mut(&pid) {
+                if p.out_bytes < MAX_OUTPUT_BYTES {
+                    let seq = p.next_seq;
+                    p.next_seq += 1;
+                    p.out_bytes += n;
+                    p.chunks.push(Chunk {
+                        seq,
+                        stream,
+                        data: buf[..n].to_vec(),
+                    });
+                }
+            }
+            drop(table);
+            self.changed.notify_all();
+        }
+        let mut table = self.lock();
+        if let Some(p) = table.procs.get_mut(&pid) {
+            p.open_pipes = p.open_pipes.saturating_sub(1);
+        }
+        drop(table);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `pid` finished or `deadline` passed; returns whether it finished.
+    fn wait_finished(&self, pid: u32, deadline: Option<Instant>) -> bool {
+        let mut table = self.lock();
+        loop {
+            let Some(p) = table.procs.get(&pid) else { return true };
+            if p.finished() {
+                return true;
+            }
+            let mut wait = if p.exited_at.is_some() {
+                PIPE_GRACE
+            } else {
+                Duration::from_secs(1)
+            };
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    return false;
+                }
+                wait = wait.min(d - now);
+            }
+            table = self
+                .changed
+                .wait_timeout(table, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn exec(self: &Arc<Self>, spec: StartSpec, timeout_ms: Option<u64>) -> Reply {
+        let info = match self.start(spec) {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        let deadline = timeout_ms.map(|t| Instant::now() + Duration::from_millis(t));
+        let finished = self.wait_finished(info.pid, deadline);
+        if !finished {
+            self.signal(info.pid, libc::SIGKILL);
+            self.wait_finished(info.pid, Some(Instant::now() + Duration::from_secs(5)));
+        }
+        let mut table = self.lock();
+        let Some(p) = table.procs.remove(&info.pid) else {
+            return Reply::error("io", "process vanished");
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        for c in &p.chunks {
+            if c.stream == "stdout" {
+                out.extend_from_slice(&c.data);
+            } else {
+                err.extend_from_slice(&c.data);
+            }
+        }
+        Reply::Exec {
+            info: p.info,
+            stdout: B64.encode(out),
+            stderr: B64.encode(err),
+            timed_out: !finished,
+        }
+    }
+
+    fn signal(&self, pid: u32, sig: i32) -> bool {
+        let table = self.lock();
+        match table.procs.get(&pid) {
+            Some(p) if p.info.running => {
+                // SAFETY: kill has no memory-safety preconditions; a negative pid addresses the
+                // process group the child leads (it was started with process_group(0)).
+                unsafe {
+                    libc::kill(-p.os_pid, sig);
+                    libc::kill(p.os_pid, sig);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn info(&self, pid: u32) -> Option<ProcInfo> {
+        self.lock().procs.get(&pid).map(|p| p.info.clone())
+    }
+
+    fn stream_logs(&self, pid: u32, follow: bool, from_seq: Option<u64>, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut next = from_seq.unwrap_or(0);
+        let mut table = self.lock();
+        loop {
+            let Some(p) = table.procs.get(&pid) else {
+                return write_reply(out, &Reply::error("not_found", format!("process {pid} not found")));
+            };
+            let fresh: Vec<Reply> = p
+                .chunks
+                .iter()
+                .filter(|c| c.seq >= next)
+                .map(|c| Reply::Output {
+                    seq: c.seq,
+                    stream: c.stream.to_string(),
+                    data: B64.encode(&c.data),
+                })
+                .collect();
+            next = p.next_seq;
+            let done = p.finished();
+            let info = p.info.clone();
+            drop(table);
+            for r in &fresh {
+                write_reply(out, r)?;
+            }
+            if done {
+                write_reply(out, &Reply::Exit(info))?;
+                return write_reply(out, &Reply::End);
+            }
+            if !follow {
+                return write_reply(out, &Reply::End);
+            }
+            out.flush()?;
+            table = self.lock();
+            let pending = table
+                .procs
+                .get(&pid)
+                .map(|p| p.next_seq == next && !p.finished())
+                .unwrap_or(false);
+            if pending {
+                table = self
+                    .changed
+                    .wait_timeout(table, PIPE_GRACE)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, req: Request, out: &mut dyn Write) -> std::io::Result<()> {
+        let reply = match req {
+            Request::Ping => Reply::Pong {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            Request::Start(spec) => match self.start(spec) {
+                Ok(i) => Reply::Started(i),
+                Err(e) => e,
+            },
+            Request::Exec { spec, timeout_ms } => self.exec(spec, timeout_ms),
+            Request::Get { pid } => match self.info(pid) {
+                Some(i) => Reply::Proc(i),
+                None => Reply::error("not_found", format!("process {pid} not found")),
+            },
+            Request::List => {
+                let mut items: Vec<ProcInfo> =
+                    self.lock().procs.values().map(|p| p.info.clone()).collect();
+                items.sort_by_key(|i| i.pid);
+                Reply::Procs { items }
+            }
+            Request::Kill { pid, signal } => {
+                if self.info(pid).is_none() {
+                    Reply::error("not_found", format!("process {pid} not found"))
+                } else {
+                    let killed = self.signal(pid, signal.unwrap_or(libc::SIGKILL));
+                    Reply::Killed { count: u32::from(killed) }
+                }
+            }
+            Request::KillAll { signal } => {
+                let pids: Vec<u32> = self
+                    .lock()
+                    .procs
+                    .values()
+                    .filter(|p| p.info.running)
+                    .map(|p| p.info.pid)
+                    .collect();
+                let count = pids
+                    .into_iter()
+                    .filter(|&p| self.signal(p, signal.unwrap_or(libc::SIGKILL)))
+                    .count() as u32;
+                Reply::Killed { count }
+            }
+            Request::Stdin { pid, data, eof } => self.write_stdin(pid, &data, eof),
+            Request::Logs { pid, follow, from_seq } => {
+                return self.stream_logs(pid, follow, from_seq, out);
+            }
+            Request::ReadFile { path, offset, length } => read_file(&path, offset, length),
+            Request::WriteFile { path, data, mode, append, make_parents } => {
+                write_file(&path, &data, mode, append, make_parents)
+            }
+            Request::ListDir { path, depth } => list_dir(&path, depth.unwrap_or(1)),
+            Request::Stat { path } => match stat(Path::new(&path)) {
+                Ok(i) => Reply::Stat(i),
+                Err(e) => io_error(&path, e),
+            },
+            Request::Mkdir { path, parents, mode } => mkdir(&path, parents, mode),
+            Request::Remove { path, recursive } => remove(&path, recursive),
+            Request::Rename { from, to } => match std::fs::rename(&from, &to) {
+                Ok(()) => Reply::Ok,
+                Err(e) => io_error(&from, e),
+            },
+            Request::Copy { from, to, recursive } => match copy(Path::new(&from), Path::new(&to), recursive) {
+                Ok(()) => Reply::Ok,
+                Err(e) => io_error(&from, e),
+            },
+            Request::Reidentify { hostname } => reidentify(&hostname),
+        };
+        write_reply(out, &reply)
+    }
+
+    fn write_stdin(&self, pid: u32, data: &str, eof: bool) -> Reply {
+        let Ok(bytes) = B64.decode(data) else {
+            return Reply::error("invalid", "data is not base64");
+        };
+        let mut table = self.lock();
+        let Some(p) = table.procs.get_mut(&pid) else {
+            return Reply::error("not_found", format!("process {pid} not found"));
+        };
+        let Some(pipe) = p.stdin.as_mut() else {
+            return Reply::error("invalid", "process stdin is closed");
+        };
+        if let Err(e) = pipe.write_all(&bytes) {
+            return Reply::error("io", format!("stdin write failed: {e}"));
+        }
+        if eof {
+            p.stdin = None;
+        }
+        Reply::Ok
+    }
+}
+
+fn evict_exited(table: &mut Table) {
+    let mut exited: Vec<(u64, u32)> = table
+        .procs
+        .values()
+        .filter(|p| !p.info.running)
+        .map(|p| (p.info.ended_at_ms.unwrap_or(0), p.info.pid))
+        .collect();
+    if exited.len() <= MAX_EXITED {
+        return;
+    }
+    exited.sort();
+    for (_, pid) in exited.iter().take(exited.len() - MAX_EXITED) {
+        table.procs.remove(pid);
+    }
+}
+
+fn default_cwd() -> String {
+    if Path::new("/root").is_dir() {
+        "/root".into()
+    } else {
+        "/".into()
+    }
+}
+
+fn resolve(prog: &str, path_var: &str, cwd: &str) -> Option<String> {
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if prog.contains('/') {
+        let p = Path::new(cwd).join(prog);
+        return is_exec(&p).then(|| p.to_string_lossy().into_owned());
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| is_exec(p))
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn write_reply(out: &mut dyn Write, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).expect("reply serializes");
+    line.push(b'\n');
+    out.write_all(&line)
+}
+
+fn io_error(path: &str, e: std::io::Error) -> Reply {
+    use std::io::ErrorKind::*;
+    let code = match e.kind() {
+        NotFound => "not_found",
+        AlreadyExists => "exists",
+        PermissionDenied => "permission",
+        NotADirectory => "not_dir",
+        IsADirectory => "is_dir",
+        DirectoryNotEmpty => "not_empty",
+        InvalidInput | InvalidData => "invalid",
+        _ => "io",
+    };
+    Reply::error(code, format!("{path}: {e}"))
+}
+
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else {
+        "other"
+    }
+}
+
+fn stat(path: &Path) -> std::io::Result<FileInfo> {
+    let md = std::fs::symlink_metadata(path)?;
+    let symlink_target = if md.file_type().is_symlink() {
+        std::fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    Ok(FileInfo {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into()),
+        path: path.to_string_lossy().into_owned(),
+        kind: kind_of(md.file_type()).into(),
+        size: md.len(),
+        mode: md.mode() & 0o7777,
+        modified_ms: (md.mtime().max(0) as u64) * 1000 + (md.mtime_nsec().max(0) as u64) / 1_000_000,
+        symlink_target,
+    })
+}
+
+fn read_file(path: &str, offset: Option<u64>, length: Option<u64>) -> Reply {
+    let result = (|| -> std::io::Result<(Vec<u8>, u64)> {
+        use std::io::Seek;
+        let mut f = std::fs::File::open(path)?;
+        let md = f.metadata()?;
+        if md.is_dir() {
+            return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"));
+        }
+        let size = md.len();
+        if let Some(o) = offset {
+            f.seek(std::io::SeekFrom::Start(o))?;
+        }
+        let cap = (MAX_REQUEST_BYTES / 2) as u64;
+        let want = length.unwrap_or(u64::MAX).min(cap);
+        let mut data = Vec::new();
+        f.take(want).read_to_end(&mut data)?;
+        Ok((data, size))
+    })();
+    match result {
+        Ok((data, size)) => Reply::File {
+            data: B64.encode(data),
+            size,
+        },
+        Err(e) => io_error(path, e),
+    }
+}
+
+fn write_file(path: &str, data: &str, mode: Option<u32>, append: bool, make_parents: bool) -> Reply {
+    let Ok(bytes) = B64.decode(data) else {
+        return Reply::error("invalid", "data is not base64");
+    };
+    let result = (|| -> std::io::Result<()> {
+        let p = Path::new(path);
+        if make_parents {
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(p)?;
+        f.write_all(&bytes)?;
+        if let Some(m) = mode {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Reply::Ok,
+        Err(e) => io_error(path, e),
+    }
+}
+
+fn list_dir(path: &str, depth: u32) -> Reply {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<FileInfo>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let Ok(info) = stat(&p) else { continue };
+            let is_dir = info.kind == "dir";
+            out.push(info);
+            if is_dir && depth > 1 && out.len() < 100_000 {
+                let _ = walk(&p, depth - 1, out);
+            }
+        }
+        Ok(())
+    }
+    let mut items = Vec::new();
+    match walk(Path::new(path), depth.max(1), &mut items) {
+        Ok(()) => Reply::Entries { items },
+        Err(e) => io_error(path, e),
+    }
+}
+
+fn mkdir(path: &str, parents: bool, mode: Option<u32>) -> Reply {
+    let r = if parents {
+        std::fs::create_dir_all(path)
+    } else {
+        std::fs::create_dir(path)
+    };
+    let r = r.and_then(|()| match mode {
+        Some(m) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)),
+        None => Ok(()),
+    });
+    match r {
+        Ok(()) => Reply::Ok,
+        Err(e) => io_error(path, e),
+    }
+}
+
+fn remove(path: &str, recursive: bool) -> Reply {
+    let r = match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => {
+            if recursive {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_dir(path)
+            }
+        }
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => Reply::Ok,
+        Err(e) => io_error(path, e),
+    }
+}
+
+fn copy(from: &Path, to: &Path, recursive: bool) -> std::io::Result<()> {
+    let md = std::fs::symlink_metadata(from)?;
+    if md.is_dir() {
+        if !recursive {
+            return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory (use recursive)"));
+        }
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy(&e.path(), &to.join(e.file_name()), true)?;
+        }
+        Ok(())
+    } else if md.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
+fn reidentify(hostname: &str) -> Reply {
+    // SAFETY: sethostname reads exactly `len` bytes from the pointer, which is valid for them.
+    let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+    if rc != 0 {
+        return Reply::error("io", format!("sethostname: {}", std::io::Error::last_os_error()));
+    }
+    let _ = std::fs::write("/etc/hostname", format!("{hostname}\n"));
+    Reply::Ok
+}
+
+fn serve_conn(agent: Arc<Agent>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let Ok(read_half) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(read_half.take(u64::MAX));
+    let mut writer = std::io::BufWriter::new(stream);
+    loop {
+        let mut line = Vec::new();
+        let limited = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', &mut line);
+        match limited {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            let _ = write_reply(&mut writer, &Reply::error("invalid", "request too large"));
+            let _ = writer.flush();
+            return;
+        }
+        let res = match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => agent.handle(req, &mut writer),
+            Err(e) => write_reply(&mut writer, &Reply::error("invalid", format!("bad request: {e}"))),
+        };
+        if res.is_err() || writer.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves requests on `listener` forever, a thread per connection.
+pub fn serve(agent: Arc<Agent>, listener: TcpListener) {
+    for stream in listener.incoming().flatten() {
+        let agent = Arc::clone(&agent);
+        thread::spawn(move || serve_conn(agent, stream));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(agent: &Arc<Agent>, req: Request) -> Vec<Reply> {
+        let mut out = Vec::new();
+        agent.handle(req, &mut out).unwrap();
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    /// One agent per test process: its reaper waits for any child, as init does.
+    fn agent() -> Arc<Agent> {
+        static AGENT: std::sync::OnceLock<Arc<Agent>> = std::sync::OnceLock::new();
+        AGENT
+            .get_or_init(|| {
+                let a = Agent::new();
+                let r = Arc::clone(&a);
+                thread::spawn(move || r.run_reaper());
+                a
+            })
+            .clone()
+    }
+
+    fn sh(script: &str) -> StartSpec {
+        StartSpec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exec_returns_output_and_exit_code() {
+        let a = agent();
+        let r = call(&a, Request::Exec { spec: sh("echo out; echo err >&2; exit 3"), timeout_ms: Some(10_000) });
+        match &r[0] {
+            Reply::Exec { info, stdout, stderr, timed_out } => {
+                assert_eq!(info.exit_code, Some(3));
+                assert_eq!(B64.decode(stdout).unwrap(), b"out\n");
+                assert_eq!(B64.decode(stderr).unwrap(), b"err\n");
+                assert!(!timed_out);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_times_out_and_kills() {
+        let a = agent();
+        let r = call(&a, Request::Exec { spec: sh("sleep 30"), timeout_ms: Some(200) });
+        match &r[0] {
+            Reply::Exec { info, timed_out, .. } => {
+                assert!(timed_out);
+                assert_eq!(info.signal, Some(libc::SIGKILL));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_command_is_not_found() {
+        let a = agent();
+        let r = call(&a, Request::Exec { spec: StartSpec { argv: vec!["no-such-cmd-xyz".into()], ..Default::default() }, timeout_ms: None });
+        assert!(matches!(&r[0], Reply::Error { code, .. } if code == "not_found"), "{r:?}");
+    }
+
+    #[test]
+    fn follow_logs_streams_until_exit() {
+        let a = agent();
+        let Reply::Started(info) = call(&a, Request::Start(sh("echo a; sleep 0.2; echo b; exit 7"))).remove(0) else { panic!() };
+        let events = call(&a, Request::Logs { pid: info.pid, follow: true, from_seq: None });
+        let text: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                Reply::Output { data, .. } => Some(B64.decode(data).unwrap()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(text, b"a\nb\n");
+        assert!(matches!(&events[events.len() - 2], Reply::Exit(i) if i.exit_code == Some(7)));
+        assert_eq!(events.last(), Some(&Reply::End));
+    }
+
+    #[test]
+    fn kill_stops_a_running_process() {
+        let a = agent();
+        let Reply::Started(info) = call(&a, Request::Start(sh("sleep 30"))).remove(0) else { panic!() };
+        assert_eq!(call(&a, Request::Kill { pid: info.pid, signal: None })[0], Reply::Killed { count: 1 });
+        assert!(a.wait_finished(info.pid, Some(Instant::now() + Duration::from_secs(5))));
+        let Reply::Proc(i) = call(&a, Request::Get { pid: info.pid }).remove(0) else { panic!() };
+        assert!(!i.running);
+        assert_eq!(i.signal, Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn files_round_trip() {
+        let dir = std::env::temp_dir().join(format!("agent-test-{}", std::process::id()));
+        let f = dir.join("a/b/c.txt");
+        let fs = f.to_string_lossy().to_string();
+        assert_eq!(
+            call(&agent(), Request::WriteFile { path: fs.clone(), data: B64.encode("hello"), mode: Some(0o600), append: false, make_parents: true })[0],
+            Reply::Ok
+        );
+        let r = read_file(&fs, None, None);
+        assert_eq!(r, Reply::File { data: B64.encode("hello"), size: 5 });
+        let Reply::Stat(st) = call(&agent(), Request::Stat { path: fs.clone() }).remove(0) else { panic!() };
+        assert_eq!((st.kind.as_str(), st.size, st.mode), ("file", 5, 0o600));
+        let Reply::Entries { items } = list_dir(&dir.to_string_lossy(), 3) else { panic!() };
+        assert_eq!(items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c.txt"]);
+        assert!(matches!(remove(&dir.to_string_lossy(), false), Reply::Error { .. }));
+        assert_eq!(remove(&dir.to_string_lossy(), true), Reply::Ok);
+        assert!(matches!(read_file(&fs, None, None), Reply::Error { code, .. } if code == "not_found"));
+    }
+}
