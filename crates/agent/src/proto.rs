@@ -198,7 +198,10 @@ mod tests {
             timeout_ms: Some(5),
         };
         let s = serde_json::to_string(&r).unwrap();
-        assert!(s.starts_with(r#"{"op":"exec","argv":["sh","-c","true"]"#), "{s}");
+        assert!(
+            s.starts_with(r#"{"op":"exec","argv":["sh","-c","true"]"#),
+            "{s}"
+        );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
     }
 

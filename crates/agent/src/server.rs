@@ -88,21 +88,13 @@ impl Agent {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: waitid writes only into `info`, which outlives the call. WNOWAIT leaves
             // the child waitable so that we decide who reaps it under the table lock.
-            let rc = unsafe {
-                libc::waitid(
-                    libc::P_ALL,
-                    0,
-                    &mut info,
-                    libc::WEXITED | libc::WNOWAIT,
-                )
-            };
+            let rc =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
             if rc != 0 {
                 // No children: wait until a spawn tells us there is one.
                 let table = self.lock();
                 if table.live_children == 0 {
-                    let _ = self
-                        .changed
-                        .wait_timeout(table, Duration::from_millis(200));
+                    let _ = self.changed.wait_timeout(table, Duration::from_millis(200));
                 } else {
                     drop(table);
                     thread::sleep(Duration::from_millis(1));
@@ -151,7 +143,10 @@ impl Agent {
             _ => default_cwd(),
         };
         if !Path::new(&cwd).is_dir() {
-            return Err(Reply::error("not_found", format!("working directory {cwd} does not exist")));
+            return Err(Reply::error(
+                "not_found",
+                format!("working directory {cwd} does not exist"),
+            ));
         }
         let path_var = spec
             .env
@@ -236,8 +231,20 @@ impl Agent {
         self.changed.notify_all();
 
         for (stream, pipe) in [
-            ("stdout", child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
-            ("stderr", child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            ),
         ] {
             let Some(pipe) = pipe else { continue };
             let agent = Arc::clone(self);
@@ -283,7 +290,9 @@ impl Agent {
     fn wait_finished(&self, pid: u32, deadline: Option<Instant>) -> bool {
         let mut table = self.lock();
         loop {
-            let Some(p) = table.procs.get(&pid) else { return true };
+            let Some(p) = table.procs.get(&pid) else {
+                return true;
+            };
             if p.finished() {
                 return true;
             }
@@ -358,12 +367,21 @@ impl Agent {
         self.lock().procs.get(&pid).map(|p| p.info.clone())
     }
 
-    fn stream_logs(&self, pid: u32, follow: bool, from_seq: Option<u64>, out: &mut dyn Write) -> std::io::Result<()> {
+    fn stream_logs(
+        &self,
+        pid: u32,
+        follow: bool,
+        from_seq: Option<u64>,
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
         let mut next = from_seq.unwrap_or(0);
         let mut table = self.lock();
         loop {
             let Some(p) = table.procs.get(&pid) else {
-                return write_reply(out, &Reply::error("not_found", format!("process {pid} not found")));
+                return write_reply(
+                    out,
+                    &Reply::error("not_found", format!("process {pid} not found")),
+                );
             };
             let fresh: Vec<Reply> = p
                 .chunks
@@ -431,7 +449,9 @@ impl Agent {
                     Reply::error("not_found", format!("process {pid} not found"))
                 } else {
                     let killed = self.signal(pid, signal.unwrap_or(libc::SIGKILL));
-                    Reply::Killed { count: u32::from(killed) }
+                    Reply::Killed {
+                        count: u32::from(killed),
+                    }
                 }
             }
             Request::KillAll { signal } => {
@@ -449,25 +469,45 @@ impl Agent {
                 Reply::Killed { count }
             }
             Request::Stdin { pid, data, eof } => self.write_stdin(pid, &data, eof),
-            Request::Logs { pid, follow, from_seq } => {
+            Request::Logs {
+                pid,
+                follow,
+                from_seq,
+            } => {
                 return self.stream_logs(pid, follow, from_seq, out);
             }
-            Request::ReadFile { path, offset, length } => read_file(&path, offset, length),
-            Request::WriteFile { path, data, mode, append, make_parents } => {
-                write_file(&path, &data, mode, append, make_parents)
-            }
+            Request::ReadFile {
+                path,
+                offset,
+                length,
+            } => read_file(&path, offset, length),
+            Request::WriteFile {
+                path,
+                data,
+                mode,
+                append,
+                make_parents,
+            } => write_file(&path, &data, mode, append, make_parents),
             Request::ListDir { path, depth } => list_dir(&path, depth.unwrap_or(1)),
             Request::Stat { path } => match stat(Path::new(&path)) {
                 Ok(i) => Reply::Stat(i),
                 Err(e) => io_error(&path, e),
             },
-            Request::Mkdir { path, parents, mode } => mkdir(&path, parents, mode),
+            Request::Mkdir {
+                path,
+                parents,
+                mode,
+            } => mkdir(&path, parents, mode),
             Request::Remove { path, recursive } => remove(&path, recursive),
             Request::Rename { from, to } => match std::fs::rename(&from, &to) {
                 Ok(()) => Reply::Ok,
                 Err(e) => io_error(&from, e),
             },
-            Request::Copy { from, to, recursive } => match copy(Path::new(&from), Path::new(&to), recursive) {
+            Request::Copy {
+                from,
+                to,
+                recursive,
+            } => match copy(Path::new(&from), Path::new(&to), recursive) {
                 Ok(()) => Reply::Ok,
                 Err(e) => io_error(&from, e),
             },
@@ -513,8 +553,13 @@ fn evict_exited(table: &mut Table) {
     }
 }
 
+/// The directory processes start in and relative file paths resolve against.
+pub const WORKSPACE: &str = "/workspace";
+
 fn default_cwd() -> String {
-    if Path::new("/root").is_dir() {
+    if Path::new(WORKSPACE).is_dir() {
+        WORKSPACE.into()
+    } else if Path::new("/root").is_dir() {
         "/root".into()
     } else {
         "/".into()
@@ -575,7 +620,9 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
 fn stat(path: &Path) -> std::io::Result<FileInfo> {
     let md = std::fs::symlink_metadata(path)?;
     let symlink_target = if md.file_type().is_symlink() {
-        std::fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned())
+        std::fs::read_link(path)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
     } else {
         None
     };
@@ -588,7 +635,8 @@ fn stat(path: &Path) -> std::io::Result<FileInfo> {
         kind: kind_of(md.file_type()).into(),
         size: md.len(),
         mode: md.mode() & 0o7777,
-        modified_ms: (md.mtime().max(0) as u64) * 1000 + (md.mtime_nsec().max(0) as u64) / 1_000_000,
+        modified_ms: (md.mtime().max(0) as u64) * 1000
+            + (md.mtime_nsec().max(0) as u64) / 1_000_000,
         symlink_target,
     })
 }
@@ -599,7 +647,10 @@ fn read_file(path: &str, offset: Option<u64>, length: Option<u64>) -> Reply {
         let mut f = std::fs::File::open(path)?;
         let md = f.metadata()?;
         if md.is_dir() {
-            return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory",
+            ));
         }
         let size = md.len();
         if let Some(o) = offset {
@@ -620,7 +671,13 @@ fn read_file(path: &str, offset: Option<u64>, length: Option<u64>) -> Reply {
     }
 }
 
-fn write_file(path: &str, data: &str, mode: Option<u32>, append: bool, make_parents: bool) -> Reply {
+fn write_file(
+    path: &str,
+    data: &str,
+    mode: Option<u32>,
+    append: bool,
+    make_parents: bool,
+) -> Reply {
     let Ok(bytes) = B64.decode(data) else {
         return Reply::error("invalid", "data is not base64");
     };
@@ -709,7 +766,10 @@ fn copy(from: &Path, to: &Path, recursive: bool) -> std::io::Result<()> {
     let md = std::fs::symlink_metadata(from)?;
     if md.is_dir() {
         if !recursive {
-            return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory (use recursive)"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory (use recursive)",
+            ));
         }
         std::fs::create_dir_all(to)?;
         for e in std::fs::read_dir(from)? {
@@ -728,7 +788,10 @@ fn reidentify(hostname: &str) -> Reply {
     // SAFETY: sethostname reads exactly `len` bytes from the pointer, which is valid for them.
     let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
     if rc != 0 {
-        return Reply::error("io", format!("sethostname: {}", std::io::Error::last_os_error()));
+        return Reply::error(
+            "io",
+            format!("sethostname: {}", std::io::Error::last_os_error()),
+        );
     }
     let _ = std::fs::write("/etc/hostname", format!("{hostname}\n"));
     Reply::Ok
@@ -736,12 +799,16 @@ fn reidentify(hostname: &str) -> Reply {
 
 fn serve_conn(agent: Arc<Agent>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else { return };
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(read_half.take(u64::MAX));
     let mut writer = std::io::BufWriter::new(stream);
     loop {
         let mut line = Vec::new();
-        let limited = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', &mut line);
+        let limited = (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line);
         match limited {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -753,7 +820,10 @@ fn serve_conn(agent: Arc<Agent>, stream: TcpStream) {
         }
         let res = match serde_json::from_slice::<Request>(&line) {
             Ok(req) => agent.handle(req, &mut writer),
-            Err(e) => write_reply(&mut writer, &Reply::error("invalid", format!("bad request: {e}"))),
+            Err(e) => write_reply(
+                &mut writer,
+                &Reply::error("invalid", format!("bad request: {e}")),
+            ),
         };
         if res.is_err() || writer.flush().is_err() {
             return;
@@ -805,9 +875,20 @@ mod tests {
     #[test]
     fn exec_returns_output_and_exit_code() {
         let a = agent();
-        let r = call(&a, Request::Exec { spec: sh("echo out; echo err >&2; exit 3"), timeout_ms: Some(10_000) });
+        let r = call(
+            &a,
+            Request::Exec {
+                spec: sh("echo out; echo err >&2; exit 3"),
+                timeout_ms: Some(10_000),
+            },
+        );
         match &r[0] {
-            Reply::Exec { info, stdout, stderr, timed_out } => {
+            Reply::Exec {
+                info,
+                stdout,
+                stderr,
+                timed_out,
+            } => {
                 assert_eq!(info.exit_code, Some(3));
                 assert_eq!(B64.decode(stdout).unwrap(), b"out\n");
                 assert_eq!(B64.decode(stderr).unwrap(), b"err\n");
@@ -820,9 +901,17 @@ mod tests {
     #[test]
     fn exec_times_out_and_kills() {
         let a = agent();
-        let r = call(&a, Request::Exec { spec: sh("sleep 30"), timeout_ms: Some(200) });
+        let r = call(
+            &a,
+            Request::Exec {
+                spec: sh("sleep 30"),
+                timeout_ms: Some(200),
+            },
+        );
         match &r[0] {
-            Reply::Exec { info, timed_out, .. } => {
+            Reply::Exec {
+                info, timed_out, ..
+            } => {
                 assert!(timed_out);
                 assert_eq!(info.signal, Some(libc::SIGKILL));
             }
@@ -833,15 +922,38 @@ mod tests {
     #[test]
     fn unknown_command_is_not_found() {
         let a = agent();
-        let r = call(&a, Request::Exec { spec: StartSpec { argv: vec!["no-such-cmd-xyz".into()], ..Default::default() }, timeout_ms: None });
-        assert!(matches!(&r[0], Reply::Error { code, .. } if code == "not_found"), "{r:?}");
+        let r = call(
+            &a,
+            Request::Exec {
+                spec: StartSpec {
+                    argv: vec!["no-such-cmd-xyz".into()],
+                    ..Default::default()
+                },
+                timeout_ms: None,
+            },
+        );
+        assert!(
+            matches!(&r[0], Reply::Error { code, .. } if code == "not_found"),
+            "{r:?}"
+        );
     }
 
     #[test]
     fn follow_logs_streams_until_exit() {
         let a = agent();
-        let Reply::Started(info) = call(&a, Request::Start(sh("echo a; sleep 0.2; echo b; exit 7"))).remove(0) else { panic!() };
-        let events = call(&a, Request::Logs { pid: info.pid, follow: true, from_seq: None });
+        let Reply::Started(info) =
+            call(&a, Request::Start(sh("echo a; sleep 0.2; echo b; exit 7"))).remove(0)
+        else {
+            panic!()
+        };
+        let events = call(
+            &a,
+            Request::Logs {
+                pid: info.pid,
+                follow: true,
+                from_seq: None,
+            },
+        );
         let text: Vec<u8> = events
             .iter()
             .filter_map(|e| match e {
@@ -858,10 +970,23 @@ mod tests {
     #[test]
     fn kill_stops_a_running_process() {
         let a = agent();
-        let Reply::Started(info) = call(&a, Request::Start(sh("sleep 30"))).remove(0) else { panic!() };
-        assert_eq!(call(&a, Request::Kill { pid: info.pid, signal: None })[0], Reply::Killed { count: 1 });
+        let Reply::Started(info) = call(&a, Request::Start(sh("sleep 30"))).remove(0) else {
+            panic!()
+        };
+        assert_eq!(
+            call(
+                &a,
+                Request::Kill {
+                    pid: info.pid,
+                    signal: None
+                }
+            )[0],
+            Reply::Killed { count: 1 }
+        );
         assert!(a.wait_finished(info.pid, Some(Instant::now() + Duration::from_secs(5))));
-        let Reply::Proc(i) = call(&a, Request::Get { pid: info.pid }).remove(0) else { panic!() };
+        let Reply::Proc(i) = call(&a, Request::Get { pid: info.pid }).remove(0) else {
+            panic!()
+        };
         assert!(!i.running);
         assert_eq!(i.signal, Some(libc::SIGKILL));
     }
@@ -872,17 +997,44 @@ mod tests {
         let f = dir.join("a/b/c.txt");
         let fs = f.to_string_lossy().to_string();
         assert_eq!(
-            call(&agent(), Request::WriteFile { path: fs.clone(), data: B64.encode("hello"), mode: Some(0o600), append: false, make_parents: true })[0],
+            call(
+                &agent(),
+                Request::WriteFile {
+                    path: fs.clone(),
+                    data: B64.encode("hello"),
+                    mode: Some(0o600),
+                    append: false,
+                    make_parents: true
+                }
+            )[0],
             Reply::Ok
         );
         let r = read_file(&fs, None, None);
-        assert_eq!(r, Reply::File { data: B64.encode("hello"), size: 5 });
-        let Reply::Stat(st) = call(&agent(), Request::Stat { path: fs.clone() }).remove(0) else { panic!() };
+        assert_eq!(
+            r,
+            Reply::File {
+                data: B64.encode("hello"),
+                size: 5
+            }
+        );
+        let Reply::Stat(st) = call(&agent(), Request::Stat { path: fs.clone() }).remove(0) else {
+            panic!()
+        };
         assert_eq!((st.kind.as_str(), st.size, st.mode), ("file", 5, 0o600));
-        let Reply::Entries { items } = list_dir(&dir.to_string_lossy(), 3) else { panic!() };
-        assert_eq!(items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c.txt"]);
-        assert!(matches!(remove(&dir.to_string_lossy(), false), Reply::Error { .. }));
+        let Reply::Entries { items } = list_dir(&dir.to_string_lossy(), 3) else {
+            panic!()
+        };
+        assert_eq!(
+            items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c.txt"]
+        );
+        assert!(matches!(
+            remove(&dir.to_string_lossy(), false),
+            Reply::Error { .. }
+        ));
         assert_eq!(remove(&dir.to_string_lossy(), true), Reply::Ok);
-        assert!(matches!(read_file(&fs, None, None), Reply::Error { code, .. } if code == "not_found"));
+        assert!(
+            matches!(read_file(&fs, None, None), Reply::Error { code, .. } if code == "not_found")
+        );
     }
 }

@@ -46,18 +46,27 @@ pub struct EnvVar {
     pub value: String,
 }
 
-/// A sandbox's slot in the node's address plan: slot `n` owns the /30 `10.200.0.0 + 4n`, with
-/// the host side at `.1` and the sandbox at `.2`.
+/// A sandbox's slot in the node's address plan: slot `n` owns the /30 `10.B.0.0 + 4n`, with
+/// the host side at `.1` and the sandbox at `.2`. `B` is the node's subnet octet (default 200;
+/// two daemons on one host must use different ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NetSlot(pub u32);
 
+static SUBNET_OCTET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(200);
+
 impl NetSlot {
-    /// Slots available in 10.200.0.0/16.
+    /// Slots available in one 10.B.0.0/16.
     pub const COUNT: u32 = 1 << 14;
 
+    /// Sets this process's subnet `10.<octet>.0.0/16`; call once at start.
+    pub fn set_subnet_octet(octet: u8) {
+        SUBNET_OCTET.store(octet, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn base(self) -> u32 {
-        u32::from(Ipv4Addr::new(10, 200, 0, 0)) + self.0 * 4
+        let octet = SUBNET_OCTET.load(std::sync::atomic::Ordering::Relaxed);
+        u32::from(Ipv4Addr::new(10, octet, 0, 0)) + self.0 * 4
     }
     pub fn host_ip(self) -> Ipv4Addr {
         Ipv4Addr::from(self.base() + 1)

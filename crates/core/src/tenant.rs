@@ -69,14 +69,20 @@ mod tests {
         let k = key("a", None);
         assert!(k.authorize("a", "p1").is_ok());
         assert!(k.authorize("a", "p2").is_ok());
-        assert!(matches!(k.authorize("b", "p1"), Err(CoreError::Forbidden(_))));
+        assert!(matches!(
+            k.authorize("b", "p1"),
+            Err(CoreError::Forbidden(_))
+        ));
     }
 
     #[test]
     fn project_key_is_bound_to_its_project() {
         let k = key("a", Some("p1"));
         assert!(k.authorize("a", "p1").is_ok());
-        assert!(matches!(k.authorize("a", "p2"), Err(CoreError::Forbidden(_))));
+        assert!(matches!(
+            k.authorize("a", "p2"),
+            Err(CoreError::Forbidden(_))
+        ));
         assert_eq!(k.default_tenant().project, "p1");
     }
 }

@@ -38,7 +38,13 @@ pub fn env_name(field: &str, s: &str) -> Result<(), CoreError> {
 
 /// Checks that `v` lies in `[min, max]` and is a whole multiple of `step` (from `min`'s grid
 /// at 0), with a tolerance for binary floating point.
-pub fn ranged_multiple(field: &str, v: f64, min: f64, max: f64, step: f64) -> Result<(), CoreError> {
+pub fn ranged_multiple(
+    field: &str,
+    v: f64,
+    min: f64,
+    max: f64,
+    step: f64,
+) -> Result<(), CoreError> {
     if !v.is_finite() || v < min || v > max {
         return Err(CoreError::invalid(
             field,

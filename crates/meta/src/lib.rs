@@ -53,8 +53,12 @@ pub trait MetaStore: Send + Sync {
     fn update_sandbox(&self, sandbox: &Sandbox) -> Result<(), MetaError>;
     fn get_sandbox(&self, id: SandboxId) -> Result<Option<Sandbox>, MetaError>;
     /// Sandboxes of one tenant, oldest first.
-    fn list_sandboxes(&self, tenant: &Tenant, offset: u64, limit: u64)
-        -> Result<Page<Sandbox>, MetaError>;
+    fn list_sandboxes(
+        &self,
+        tenant: &Tenant,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<Sandbox>, MetaError>;
     fn count_sandboxes_in_org(&self, org: &str) -> Result<u64, MetaError>;
     /// Every sandbox on the node, for reconciliation and sampling.
     fn all_sandboxes(&self) -> Result<Vec<Sandbox>, MetaError>;

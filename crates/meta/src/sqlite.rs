@@ -56,7 +56,10 @@ impl SqliteStore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, MetaError>) -> Result<T, MetaError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     }
@@ -82,7 +85,8 @@ fn encode(sandbox: &Sandbox) -> String {
 }
 
 fn lowest_free_slot(conn: &Connection) -> Result<NetSlot, MetaError> {
-    let mut stmt = conn.prepare("SELECT slot FROM sandboxes WHERE slot IS NOT NULL ORDER BY slot")?;
+    let mut stmt =
+        conn.prepare("SELECT slot FROM sandboxes WHERE slot IS NOT NULL ORDER BY slot")?;
     let mut next = 0u32;
     for slot in stmt.query_map([], |r| r.get::<_, u32>(0))? {
         let slot = slot?;
@@ -182,7 +186,11 @@ impl MetaStore for SqliteStore {
         self.with(|c| {
             c.execute(
                 "UPDATE sandboxes SET slot = ?2, record = ?3 WHERE id = ?1",
-                params![sandbox.id.to_string(), sandbox.net.map(|s| s.0), encode(sandbox)],
+                params![
+                    sandbox.id.to_string(),
+                    sandbox.net.map(|s| s.0),
+                    encode(sandbox)
+                ],
             )?;
             Ok(())
         })
@@ -190,16 +198,23 @@ impl MetaStore for SqliteStore {
 
     fn get_sandbox(&self, id: SandboxId) -> Result<Option<Sandbox>, MetaError> {
         self.with(|c| {
-            c.query_row("SELECT record FROM sandboxes WHERE id = ?1", [id.to_string()], |r| {
-                r.get::<_, String>(0)
-            })
+            c.query_row(
+                "SELECT record FROM sandboxes WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
             .map(decode)
             .transpose()
         })
     }
 
-    fn list_sandboxes(&self, tenant: &Tenant, offset: u64, limit: u64) -> Result<Page<Sandbox>, MetaError> {
+    fn list_sandboxes(
+        &self,
+        tenant: &Tenant,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<Sandbox>, MetaError> {
         self.with(|c| {
             let total: u64 = c.query_row(
                 "SELECT COUNT(*) FROM sandboxes WHERE org = ?1 AND project = ?2",
@@ -211,9 +226,10 @@ impl MetaStore for SqliteStore {
                  ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
             )?;
             let items = stmt
-                .query_map(params![tenant.org, tenant.project, limit as i64, offset as i64], |r| {
-                    r.get::<_, String>(0)
-                })?
+                .query_map(
+                    params![tenant.org, tenant.project, limit as i64, offset as i64],
+                    |r| r.get::<_, String>(0),
+                )?
                 .map(|r| r.map_err(MetaError::from).and_then(decode))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Page { items, total })
@@ -221,7 +237,13 @@ impl MetaStore for SqliteStore {
     }
 
     fn count_sandboxes_in_org(&self, org: &str) -> Result<u64, MetaError> {
-        self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM sandboxes WHERE org = ?1", [org], |r| r.get(0))?))
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM sandboxes WHERE org = ?1",
+                [org],
+                |r| r.get(0),
+            )?)
+        })
     }
 
     fn all_sandboxes(&self) -> Result<Vec<Sandbox>, MetaError> {
@@ -253,7 +275,10 @@ mod tests {
         let now = Utc::now();
         Sandbox {
             id: SandboxId::new(),
-            tenant: Tenant { org: org.into(), project: project.into() },
+            tenant: Tenant {
+                org: org.into(),
+                project: project.into(),
+            },
             name: name.into(),
             region: "local".into(),
             template_id: "sb-busybox".into(),
@@ -280,7 +305,10 @@ mod tests {
         store.insert_sandbox(&mut a).unwrap();
         assert_eq!(a.net, Some(NetSlot(0)));
         let mut dup = sandbox("o", "p", "a");
-        assert!(matches!(store.insert_sandbox(&mut dup), Err(MetaError::Conflict(_))));
+        assert!(matches!(
+            store.insert_sandbox(&mut dup),
+            Err(MetaError::Conflict(_))
+        ));
         let mut other_project = sandbox("o", "q", "a");
         store.insert_sandbox(&mut other_project).unwrap();
         assert_eq!(other_project.net, Some(NetSlot(1)));
@@ -294,10 +322,17 @@ mod tests {
     fn list_is_per_tenant_and_paginated() {
         let store = SqliteStore::in_memory().unwrap();
         for i in 0..5 {
-            store.insert_sandbox(&mut sandbox("o", "p", &format!("s{i}"))).unwrap();
+            store
+                .insert_sandbox(&mut sandbox("o", "p", &format!("s{i}")))
+                .unwrap();
         }
-        store.insert_sandbox(&mut sandbox("other", "p", "x")).unwrap();
-        let t = Tenant { org: "o".into(), project: "p".into() };
+        store
+            .insert_sandbox(&mut sandbox("other", "p", "x"))
+            .unwrap();
+        let t = Tenant {
+            org: "o".into(),
+            project: "p".into(),
+        };
         let page = store.list_sandboxes(&t, 2, 2).unwrap();
         assert_eq!(page.total, 5);
         assert_eq!(page.items.len(), 2);

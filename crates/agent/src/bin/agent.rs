@@ -22,6 +22,8 @@ fn main() {
             }
         }
     }
+    detach_stdio();
+    let _ = std::fs::create_dir_all(sandboxd_agent::server::WORKSPACE);
     let agent = Agent::new();
     let reaper = agent.clone();
     thread::spawn(move || reaper.run_reaper());
@@ -33,4 +35,23 @@ fn main() {
         }
     };
     serve(agent, listener);
+}
+
+/// Points fds 0-2 at the sandbox's own /dev/null, so no host file descriptor passed in by the
+/// runtime stays open inside the sandbox (a gVisor checkpoint cannot be restored with one).
+fn detach_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: dup2 on a valid open fd onto 0..=2; no Rust object owns fds 0-2 here.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), fd);
+        }
+    }
 }

@@ -1,0 +1,904 @@
+//! The NeevCloud SDK data plane, served at every sandbox's `connect_url`: the same API key plus
+//! `X-Sandbox-Id` addresses one sandbox; requests become agent calls.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use sandboxd_agent::proto::{FileInfo, ProcInfo, Reply, Request, StartSpec};
+use sandboxd_core::{Principal, SandboxId};
+use sandboxd_engine::agent_client::ReplyStream;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::body::{parse_json, read_capped, MAX_FILE_BYTES, MAX_JSON_BYTES};
+use crate::error::{ApiError, Dialect};
+use crate::{principal, AppState};
+
+/// Blank line sent on quiet streams so the SDK's 60 s read timeout never fires.
+const KEEPALIVE: Duration = Duration::from_secs(25);
+const WORKSPACE: &str = "/workspace";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/exec", post(exec))
+        .route("/v1/processes/start", post(start))
+        .route("/v1/processes/get", post(get))
+        .route("/v1/processes/list", post(list))
+        .route("/v1/processes/kill", post(kill))
+        .route("/v1/processes/kill-all", post(kill_all))
+        .route("/v1/processes/logs", post(logs))
+        .route("/v1/files/write", post(write))
+        .route("/v1/files/read", post(read))
+        .route("/v1/files/list", post(list_files))
+        .route("/v1/files/stat", post(stat))
+        .route("/v1/files/exists", post(exists))
+        .route("/v1/files/mkdir", post(mkdir))
+        .route("/v1/files/move", post(move_file))
+        .route("/v1/files/remove", post(remove))
+}
+
+/// Every handler's result: errors are rendered in the data-plane shape.
+type DpResult = Result<Response, ApiError>;
+
+fn finish(r: DpResult) -> Response {
+    r.unwrap_or_else(|e| e.in_dialect(Dialect::DataPlane).into_response())
+}
+
+struct Ctx {
+    st: AppState,
+    principal: Principal,
+    id: SandboxId,
+}
+
+fn ctx(st: &AppState, headers: &HeaderMap) -> Result<Ctx, ApiError> {
+    let principal = principal(st, headers)?;
+    let raw = headers
+        .get("x-sandbox-id")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::invalid("X-Sandbox-Id", "header is required"))?;
+    let id = SandboxId::parse(raw)
+        .ok_or_else(|| ApiError::invalid("X-Sandbox-Id", "must be a sandbox UUID"))?;
+    Ok(Ctx {
+        st: st.clone(),
+        principal,
+        id,
+    })
+}
+
+impl Ctx {
+    async fn call(
+        &self,
+        tool: &str,
+        target: Option<String>,
+        req: Request,
+    ) -> Result<Reply, ApiError> {
+        let reply = self
+            .st
+            .engine
+            .agent_call(&self.principal, self.id, tool, target, req)
+            .await?;
+        match reply {
+            Reply::Error { code, message } => Err(agent_error(&code, message)),
+            r => Ok(r),
+        }
+    }
+}
+
+fn agent_error(code: &str, message: String) -> ApiError {
+    let (status, c) = match code {
+        "not_found" => (StatusCode::NOT_FOUND, "not_found"),
+        "invalid" | "not_dir" | "is_dir" | "not_empty" => {
+            (StatusCode::BAD_REQUEST, "invalid_argument")
+        }
+        "exists" => (StatusCode::CONFLICT, "already_exists"),
+        "permission" => (StatusCode::FORBIDDEN, "permission_denied"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    ApiError::new(status, c, message)
+}
+
+fn unexpected() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "internal",
+        "unexpected reply from the sandbox agent",
+    )
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
+    parse_json(&bytes, true)
+}
+
+fn env_pairs(env: Option<Vec<String>>) -> Result<Vec<(String, String)>, ApiError> {
+    env.unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, kv)| {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| ApiError::invalid(format!("env[{i}]"), "must be KEY=value"))?;
+            sandboxd_core::validate::env_name(&format!("env[{i}]"), k)?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The SDK sends a whole shell line as `command` with no `args`; argv form otherwise.
+fn argv(command: &str, args: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if command.trim().is_empty() {
+        return Err(ApiError::invalid("command", "must not be empty"));
+    }
+    Ok(if args.is_empty() {
+        vec!["/bin/sh".into(), "-c".into(), command.to_string()]
+    } else {
+        std::iter::once(command.to_string()).chain(args).collect()
+    })
+}
+
+fn resolve_path(path: &str, cwd: Option<&str>) -> String {
+    if path.starts_with('/') {
+        return path.to_string();
+    }
+    let base = match cwd {
+        Some(c) if c.starts_with('/') => c.to_string(),
+        Some(c) if !c.is_empty() => format!("{WORKSPACE}/{c}"),
+        _ => WORKSPACE.to_string(),
+    };
+    if path.is_empty() || path == "." {
+        base
+    } else {
+        format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            path.trim_start_matches("./")
+        )
+    }
+}
+
+fn ndjson(
+    stream: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn line(v: Value) -> Bytes {
+    let mut b = serde_json::to_vec(&v).expect("json");
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+/// What a follow stream does at the end of the process's output.
+struct Follow {
+    ctx: Ctx,
+    stream: ReplyStream,
+    pid: u32,
+    deadline: Option<tokio::time::Instant>,
+    done: bool,
+}
+
+/// Turns agent log events into SDK frames: `stdout`/`stderr` (base64), then `exit`.
+fn follow_frames(
+    f: Follow,
+    error_frames: bool,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures_util::stream::unfold(f, move |mut f| async move {
+        if f.done {
+            return None;
+        }
+        let wait = match f.deadline {
+            Some(d) => KEEPALIVE.min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => KEEPALIVE,
+        };
+        match tokio::time::timeout(wait, f.stream.next()).await {
+            Err(_) => {
+                if f.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    let _ = f
+                        .ctx
+                        .st
+                        .engine
+                        .agent_call(
+                            &f.ctx.principal,
+                            f.ctx.id,
+                            "processes.kill",
+                            None,
+                            Request::Kill {
+                                pid: f.pid,
+                                signal: Some(9),
+                            },
+                        )
+                        .await;
+                    f.done = true;
+                    let frame = if error_frames {
+                        json!({"type": "error", "reason_code": "deadline_exceeded", "message": "command timed out and was killed"})
+                    } else {
+                        json!({"type": "exit", "exit_code": 124})
+                    };
+                    return Some((Ok(line(frame)), f));
+                }
+                Some((Ok(Bytes::from_static(b"\n")), f))
+            }
+            Ok(None) | Ok(Some(Err(_))) => {
+                f.done = true;
+                if error_frames {
+                    let frame = json!({"type": "error", "reason_code": "unavailable", "message": "lost the connection to the sandbox"});
+                    return Some((Ok(line(frame)), f));
+                }
+                None
+            }
+            Ok(Some(Ok(reply))) => match reply {
+                Reply::Output { stream, data, .. } => {
+                    Some((Ok(line(json!({"type": stream, "data": data}))), f))
+                }
+                Reply::Exit(info) => {
+                    f.done = true;
+                    Some((
+                        Ok(line(
+                            json!({"type": "exit", "exit_code": info.exit_code.unwrap_or(-1), "signal": info.signal}),
+                        )),
+                        f,
+                    ))
+                }
+                Reply::End => None,
+                _ => Some((Ok(Bytes::from_static(b"\n")), f)),
+            },
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ExecReq {
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    cwd: Option<String>,
+    env: Option<Vec<String>>,
+    timeout_ms: Option<u64>,
+    stdin: Option<String>,
+}
+
+async fn start_process(
+    c: &Ctx,
+    tool: &str,
+    command: &str,
+    args: Vec<String>,
+    cwd: Option<String>,
+    env: Option<Vec<String>>,
+    stdin: Option<String>,
+) -> Result<ProcInfo, ApiError> {
+    let argv = argv(command, args)?;
+    let target = Some(argv.join(" ").chars().take(500).collect());
+    let spec = StartSpec {
+        argv,
+        env: env_pairs(env)?,
+        cwd: cwd.map(|c| resolve_path(&c, None)),
+        stdin: false,
+        stdin_data: stdin.map(|s| B64.encode(s)),
+        tag: None,
+    };
+    match c.call(tool, target, Request::Start(spec)).await? {
+        Reply::Started(info) => Ok(info),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: ExecReq = json_body(body).await?;
+            let info = start_process(
+                &c,
+                "exec",
+                &req.command,
+                req.args,
+                req.cwd,
+                req.env,
+                req.stdin,
+            )
+            .await?;
+            let stream =
+                c.st.engine
+                    .agent_stream(
+                        &c.principal,
+                        c.id,
+                        Request::Logs {
+                            pid: info.pid,
+                            follow: true,
+                            from_seq: None,
+                        },
+                    )
+                    .await?;
+            let deadline = req
+                .timeout_ms
+                .map(|t| tokio::time::Instant::now() + Duration::from_millis(t));
+            Ok(ndjson(follow_frames(
+                Follow {
+                    ctx: c,
+                    stream,
+                    pid: info.pid,
+                    deadline,
+                    done: false,
+                },
+                true,
+            )))
+        }
+        .await,
+    )
+}
+
+fn status_json(i: &ProcInfo) -> Value {
+    json!({
+        "process_id": i.pid.to_string(),
+        "state": if i.running { "running" } else { "exited" },
+        "exit_code": i.exit_code,
+        "started_at": i.started_at_ms / 1000,
+    })
+}
+
+fn info_json(i: &ProcInfo) -> Value {
+    let mut v = status_json(i);
+    v["name"] = json!(i.argv.first().cloned().unwrap_or_default());
+    v["args"] = json!(i.argv.get(1..).unwrap_or_default());
+    v["cwd"] = json!(i.cwd);
+    v
+}
+
+#[derive(Debug, Deserialize)]
+struct StartReq {
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+    cwd: Option<String>,
+    env: Option<Vec<String>>,
+    stdin: Option<String>,
+}
+
+async fn start(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: StartReq = json_body(body).await?;
+            let info = start_process(
+                &c,
+                "processes.start",
+                &req.program,
+                req.args,
+                req.cwd,
+                req.env,
+                req.stdin,
+            )
+            .await?;
+            Ok(Json(status_json(&info)).into_response())
+        }
+        .await,
+    )
+}
+
+fn pid(s: &str) -> Result<u32, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::not_found(format!("process {s} not found")))
+}
+
+#[derive(Debug, Deserialize)]
+struct PidReq {
+    process_id: String,
+    #[serde(default)]
+    wait: bool,
+    signal: Option<i32>,
+    cursor: Option<u64>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn get(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PidReq = json_body(body).await?;
+            let pid = pid(&req.process_id)?;
+            // With `wait`, block until exit, but answer before the SDK's 60 s read timeout.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(50);
+            loop {
+                let info = match c.call("processes.get", None, Request::Get { pid }).await? {
+                    Reply::Proc(i) => i,
+                    _ => return Err(unexpected()),
+                };
+                if !req.wait || !info.running || tokio::time::Instant::now() >= deadline {
+                    return Ok(Json(status_json(&info)).into_response());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        .await,
+    )
+}
+
+async fn list(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            match c.call("processes.list", None, Request::List).await? {
+                Reply::Procs { items } => Ok(Json(
+                    json!({"processes": items.iter().map(info_json).collect::<Vec<_>>()}),
+                )
+                .into_response()),
+                _ => Err(unexpected()),
+            }
+        }
+        .await,
+    )
+}
+
+async fn kill(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PidReq = json_body(body).await?;
+            let pid = pid(&req.process_id)?;
+            let signal = Some(req.signal.unwrap_or(libc_sigterm()));
+            match c
+                .call(
+                    "processes.kill",
+                    Some(req.process_id.clone()),
+                    Request::Kill { pid, signal },
+                )
+                .await?
+            {
+                Reply::Killed { count } => {
+                    Ok(Json(json!({"signalled": count > 0})).into_response())
+                }
+                _ => Err(unexpected()),
+            }
+        }
+        .await,
+    )
+}
+
+const fn libc_sigterm() -> i32 {
+    15
+}
+
+#[derive(Debug, Deserialize)]
+struct KillAllReq {
+    signal: Option<i32>,
+}
+
+async fn kill_all(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: KillAllReq = json_body(body).await?;
+            let signal = Some(req.signal.unwrap_or(libc_sigterm()));
+            match c
+                .call("processes.kill-all", None, Request::KillAll { signal })
+                .await?
+            {
+                Reply::Killed { count } => {
+                    Ok(Json(json!({"signalled_count": count})).into_response())
+                }
+                _ => Err(unexpected()),
+            }
+        }
+        .await,
+    )
+}
+
+async fn logs(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PidReq = json_body(body).await?;
+            let pid = pid(&req.process_id)?;
+            let mut stream =
+                c.st.engine
+                    .agent_stream(
+                        &c.principal,
+                        c.id,
+                        Request::Logs {
+                            pid,
+                            follow: req.follow,
+                            from_seq: req.cursor,
+                        },
+                    )
+                    .await?;
+            if req.follow {
+                // Errors must be HTTP statuses: the SDK's follow accepts no error frames. Peek the
+                // first event so an unknown process is a 404.
+                return match stream.next().await {
+                    Some(Ok(Reply::Error { code, message })) => Err(agent_error(&code, message)),
+                    Some(Ok(first)) => {
+                        let first_frame = match &first {
+                            Reply::Output { stream, data, .. } => {
+                                Some(line(json!({"type": stream, "data": data})))
+                            }
+                            Reply::Exit(info) => Some(line(
+                                json!({"type": "exit", "exit_code": info.exit_code.unwrap_or(-1)}),
+                            )),
+                            _ => None,
+                        };
+                        let ended = matches!(first, Reply::Exit(_) | Reply::End);
+                        let rest = follow_frames(
+                            Follow {
+                                ctx: c,
+                                stream,
+                                pid,
+                                deadline: None,
+                                done: ended,
+                            },
+                            false,
+                        );
+                        let head = futures_util::stream::iter(first_frame.map(Ok));
+                        Ok(ndjson(futures_util::StreamExt::chain(head, rest)))
+                    }
+                    _ => Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "lost the connection to the sandbox",
+                    )),
+                };
+            }
+            let mut entries = Vec::new();
+            let mut cursor = req.cursor.unwrap_or(0);
+            let mut state = "running";
+            while let Some(ev) = stream.next().await {
+                match ev.map_err(|e| ApiError::from(sandboxd_engine::EngineError::from(e)))? {
+                    Reply::Output { seq, stream, data } => {
+                        let bytes = B64.decode(data).unwrap_or_default();
+                        entries.push(
+                            json!({"stream": stream, "data": String::from_utf8_lossy(&bytes)}),
+                        );
+                        cursor = seq + 1;
+                    }
+                    Reply::Exit(_) => state = "exited",
+                    Reply::Error { code, message } => return Err(agent_error(&code, message)),
+                    _ => break,
+                }
+            }
+            Ok(Json(
+                json!({"entries": entries, "cursor": cursor, "dropped": false, "state": state}),
+            )
+            .into_response())
+        }
+        .await,
+    )
+}
+
+fn entry_json(f: &FileInfo) -> Value {
+    let (t, ch) = match f.kind.as_str() {
+        "dir" => ("directory", 'd'),
+        "symlink" => ("symlink", 'l'),
+        _ => ("file", '-'),
+    };
+    let mut perms = String::from(ch);
+    for shift in [6, 3, 0] {
+        let bits = (f.mode >> shift) & 7;
+        perms.push(if bits & 4 != 0 { 'r' } else { '-' });
+        perms.push(if bits & 2 != 0 { 'w' } else { '-' });
+        perms.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    let modified = DateTime::<Utc>::from_timestamp_millis(f.modified_ms as i64).unwrap_or_default();
+    json!({
+        "name": f.name,
+        "type": t,
+        "path": f.path,
+        "size": f.size,
+        "mode": f.mode,
+        "permissions": perms,
+        "modified_time": crate::neev::ts(modified),
+        "symlink_target": f.symlink_target,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct PathReq {
+    path: String,
+    cwd: Option<String>,
+    #[serde(default)]
+    recursive: bool,
+    max_count: Option<usize>,
+}
+
+async fn write(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let pairs: Vec<(String, String)> = url_pairs(q.as_deref());
+            let path = pairs
+                .iter()
+                .find(|(k, _)| k == "path")
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| ApiError::invalid("path", "query parameter is required"))?;
+            let cwd = pairs
+                .iter()
+                .find(|(k, _)| k == "cwd")
+                .map(|(_, v)| v.clone());
+            let data = read_capped(body, MAX_FILE_BYTES).await?;
+            let full = resolve_path(&path, cwd.as_deref());
+            let n = data.len();
+            let req = Request::WriteFile {
+                path: full.clone(),
+                data: B64.encode(&data),
+                mode: None,
+                append: false,
+                make_parents: true,
+            };
+            match c.call("files.write", Some(full), req).await? {
+                Reply::Ok => Ok(Json(json!({"bytes_written": n})).into_response()),
+                _ => Err(unexpected()),
+            }
+        }
+        .await,
+    )
+}
+
+fn url_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn read(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PathReq = json_body(body).await?;
+            let full = resolve_path(&req.path, req.cwd.as_deref());
+            match c
+                .call(
+                    "files.read",
+                    Some(full.clone()),
+                    Request::ReadFile {
+                        path: full,
+                        offset: None,
+                        length: None,
+                    },
+                )
+                .await?
+            {
+                Reply::File { data, .. } => {
+                    let bytes = B64.decode(data).map_err(|_| unexpected())?;
+                    Ok(
+                        ([(header::CONTENT_TYPE, "application/octet-stream")], bytes)
+                            .into_response(),
+                    )
+                }
+                _ => Err(unexpected()),
+            }
+        }
+        .await,
+    )
+}
+
+async fn stat_entry(c: &Ctx, path: String) -> Result<FileInfo, ApiError> {
+    match c
+        .call("files.stat", Some(path.clone()), Request::Stat { path })
+        .await?
+    {
+        Reply::Stat(i) => Ok(i),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn list_files(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PathReq = json_body(body).await?;
+            let full = resolve_path(&req.path, req.cwd.as_deref());
+            let depth = if req.recursive { 64 } else { 1 };
+            match c.call("files.list", Some(full.clone()), Request::ListDir { path: full, depth: Some(depth) }).await? {
+                Reply::Entries { items } => {
+                    let max = req.max_count.unwrap_or(usize::MAX);
+                    Ok(Json(json!({"entries": items.iter().take(max).map(entry_json).collect::<Vec<_>>()})).into_response())
+                }
+                _ => Err(unexpected()),
+            }
+        }
+        .await,
+    )
+}
+
+async fn stat(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PathReq = json_body(body).await?;
+            let info = stat_entry(&c, resolve_path(&req.path, req.cwd.as_deref())).await?;
+            Ok(Json(json!({"entry": entry_json(&info)})).into_response())
+        }
+        .await,
+    )
+}
+
+async fn exists(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PathReq = json_body(body).await?;
+            let e = match stat_entry(&c, resolve_path(&req.path, req.cwd.as_deref())).await {
+                Ok(_) => true,
+                Err(e) if e.status == StatusCode::NOT_FOUND => false,
+                Err(e) => return Err(e),
+            };
+            Ok(Json(json!({"exists": e})).into_response())
+        }
+        .await,
+    )
+}
+
+async fn mkdir(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PathReq = json_body(body).await?;
+            let full = resolve_path(&req.path, req.cwd.as_deref());
+            c.call(
+                "files.mkdir",
+                Some(full.clone()),
+                Request::Mkdir {
+                    path: full.clone(),
+                    parents: true,
+                    mode: None,
+                },
+            )
+            .await?;
+            let info = stat_entry(&c, full).await?;
+            Ok(Json(json!({"entry": entry_json(&info)})).into_response())
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct MoveReq {
+    source: String,
+    destination: String,
+    cwd: Option<String>,
+}
+
+async fn move_file(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: MoveReq = json_body(body).await?;
+            let from = resolve_path(&req.source, req.cwd.as_deref());
+            let to = resolve_path(&req.destination, req.cwd.as_deref());
+            c.call(
+                "files.move",
+                Some(format!("{from} -> {to}")),
+                Request::Rename {
+                    from,
+                    to: to.clone(),
+                },
+            )
+            .await?;
+            let info = stat_entry(&c, to).await?;
+            Ok(Json(json!({"entry": entry_json(&info)})).into_response())
+        }
+        .await,
+    )
+}
+
+async fn remove(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: PathReq = json_body(body).await?;
+            let full = resolve_path(&req.path, req.cwd.as_deref());
+            c.call(
+                "files.remove",
+                Some(full.clone()),
+                Request::Remove {
+                    path: full,
+                    recursive: req.recursive,
+                },
+            )
+            .await?;
+            Ok(Json(json!({})).into_response())
+        }
+        .await,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_lines_and_argv() {
+        assert_eq!(
+            argv("echo hi", vec![]).unwrap(),
+            ["/bin/sh", "-c", "echo hi"]
+        );
+        assert_eq!(argv("echo", vec!["a".into()]).unwrap(), ["echo", "a"]);
+        assert!(argv("  ", vec![]).is_err());
+    }
+
+    #[test]
+    fn paths_resolve_against_the_workspace() {
+        assert_eq!(resolve_path("a.txt", None), "/workspace/a.txt");
+        assert_eq!(resolve_path("./a.txt", Some("/tmp")), "/tmp/a.txt");
+        assert_eq!(resolve_path("/etc/x", Some("/tmp")), "/etc/x");
+        assert_eq!(resolve_path(".", None), "/workspace");
+        assert_eq!(resolve_path("b", Some("sub")), "/workspace/sub/b");
+    }
+
+    #[test]
+    fn env_must_be_key_value() {
+        assert_eq!(
+            env_pairs(Some(vec!["A=1=2".into()])).unwrap(),
+            [("A".to_string(), "1=2".to_string())]
+        );
+        assert!(env_pairs(Some(vec!["A".into()])).is_err());
+        assert!(env_pairs(Some(vec!["1A=x".into()])).is_err());
+    }
+
+    #[test]
+    fn entries_render_permissions() {
+        let f = FileInfo {
+            name: "a".into(),
+            path: "/a".into(),
+            kind: "dir".into(),
+            size: 0,
+            mode: 0o755,
+            modified_ms: 0,
+            symlink_target: None,
+        };
+        let v = entry_json(&f);
+        assert_eq!(v["permissions"], "drwxr-xr-x");
+        assert_eq!(v["type"], "directory");
+        assert_eq!(v["mode"], 0o755);
+    }
+
+    #[test]
+    fn url_decoding() {
+        assert_eq!(decode("a%20b%2Fc+d"), "a b/c d");
+        assert_eq!(decode("%zz%"), "%zz%");
+    }
+}

@@ -1,0 +1,69 @@
+//! HTTP front-ends over the engine's actions. Routes parse and validate into typed calls; the
+//! engine never sees an HTTP type.
+//!
+//! - `neev`: the NeevCloud `v1beta1` control plane (`/api/v1beta1/...`).
+//! - `dataplane`: the NeevCloud SDK data plane at `connect_url` (`/v1/exec`, `/v1/processes/*`,
+//!   `/v1/files/*`), addressed with `X-Sandbox-Id`.
+
+pub mod body;
+mod dataplane;
+pub mod error;
+mod neev;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use sandboxd_core::Principal;
+use sandboxd_engine::Engine;
+
+use crate::error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// Base URL clients reach this server at; sandboxes' `connect_url`.
+    pub public_url: String,
+}
+
+/// Reads `Authorization: Bearer <key>` and resolves it. Never logs the key.
+pub(crate) fn principal(st: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    st.engine
+        .authenticate(token)
+        .map_err(ApiError::from)?
+        .ok_or_else(ApiError::unauthorized)
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(neev::routes())
+        .merge(dataplane::routes())
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}

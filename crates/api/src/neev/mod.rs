@@ -1,0 +1,469 @@
+//! NeevCloud `v1beta1` control plane: sandboxes, templates, keepalive, timeout, audit.
+
+mod dto;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, Utc};
+use sandboxd_core::{SandboxId, Tenant};
+use sandboxd_engine::templates::{TemplateStatus, CATALOGUE};
+use sandboxd_engine::CreateSandbox;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::body::{parse_json, read_capped, MAX_JSON_BYTES};
+use crate::error::ApiError;
+use crate::{principal, AppState};
+
+pub use dto::{sandbox_view, ts};
+
+const P: &str = "/api/v1beta1/orgs/{org_id}/projects/{project_id}";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{P}/sandboxes"), get(list).post(create))
+        .route(
+            &format!("{P}/sandboxes/{{sandbox_id}}"),
+            get(get_one).delete(delete),
+        )
+        .route(
+            &format!("{P}/sandboxes/{{sandbox_id}}/keepalive"),
+            post(keepalive),
+        )
+        .route(
+            &format!("{P}/sandboxes/{{sandbox_id}}/timeout"),
+            put(set_timeout),
+        )
+        .route(&format!("{P}/sandboxes/{{sandbox_id}}/audit"), get(audit))
+        .route("/api/v1beta1/sandbox-templates", get(templates))
+        .route(
+            "/api/v1beta1/sandbox-templates/{template_id}",
+            get(template),
+        )
+}
+
+/// Authenticates and checks the caller may act in the path's org and project.
+fn tenant(
+    st: &AppState,
+    headers: &HeaderMap,
+    org: &str,
+    project: &str,
+) -> Result<(sandboxd_core::Principal, Tenant), ApiError> {
+    let p = principal(st, headers)?;
+    let t = p.authorize(org, project)?;
+    Ok((p, t))
+}
+
+/// Parses `k=v&...` into pairs (percent-decoded).
+fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_int(
+    pairs: &[(String, String)],
+    key: &str,
+    min: i64,
+    max: i64,
+    default: i64,
+) -> Result<i64, ApiError> {
+    match pairs.iter().rev().find(|(k, _)| k == key) {
+        None => Ok(default),
+        Some((_, v)) => {
+            let n: i64 = v
+                .parse()
+                .map_err(|_| ApiError::invalid(key, "must be an integer"))?;
+            if n < min || n > max {
+                return Err(ApiError::invalid(
+                    key,
+                    format!("must be between {min} and {max}"),
+                ));
+            }
+            Ok(n)
+        }
+    }
+}
+
+fn query_str<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Pagination per the spec: `page` ≥ 1, `limit` 1..=100 (default 20).
+fn paging(pairs: &[(String, String)]) -> Result<(u64, u64), ApiError> {
+    let page = query_int(pairs, "page", 1, 1_000_000, 1)? as u64;
+    let limit = query_int(pairs, "limit", 1, 100, 20)? as u64;
+    Ok((page, limit))
+}
+
+fn page_json(items: Vec<Value>, total: u64, page: u64, limit: u64) -> Value {
+    json!({"items": items, "total": total, "page": page, "limit": limit})
+}
+
+async fn list(
+    State(st): State<AppState>,
+    Path((org, project)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let pairs = query_pairs(q.as_deref());
+    let (page, limit) = paging(&pairs)?;
+    let name = query_str(&pairs, "name");
+    let status = query_str(&pairs, "status");
+    let sandbox_id = query_str(&pairs, "sandbox_id");
+    if name.is_none() && status.is_none() && sandbox_id.is_none() {
+        let p = st.engine.list_sandboxes(&t, (page - 1) * limit, limit)?;
+        let items = p
+            .items
+            .iter()
+            .map(|s| sandbox_view(s, &st.public_url))
+            .collect();
+        return Ok(Json(page_json(items, p.total, page, limit)));
+    }
+    let all = st.engine.list_sandboxes(&t, 0, u64::MAX >> 1)?;
+    let matching: Vec<_> = all
+        .items
+        .iter()
+        .filter(|s| name.is_none_or(|n| s.name == n))
+        .filter(|s| status.is_none_or(|f| dto::phase_matches(f, s.state)))
+        .filter(|s| sandbox_id.is_none_or(|i| s.id.to_string() == i))
+        .collect();
+    let total = matching.len() as u64;
+    let items = matching
+        .into_iter()
+        .skip(((page - 1) * limit) as usize)
+        .take(limit as usize)
+        .map(|s| sandbox_view(s, &st.public_url))
+        .collect();
+    Ok(Json(page_json(items, total, page, limit)))
+}
+
+async fn create(
+    State(st): State<AppState>,
+    Path((org, project)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (p, t) = tenant(&st, &headers, &org, &project)?;
+    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
+    let req: dto::CreateReq = parse_json(&bytes, false)?;
+    let name = dto::name(req.name.as_deref())?;
+    let resources = dto::resources(req.resources.as_ref())?;
+    let env = dto::env(req.env.as_deref())?;
+    let egress = dto::egress(req.egress.as_ref())?;
+    if let Some(tid) = &req.sandbox_template_id {
+        if tid.is_empty()
+            || !tid.starts_with("sb-")
+            || !tid[3..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || tid.len() == 3
+        {
+            return Err(ApiError::invalid(
+                "sandbox_template_id",
+                "must match ^sb-[a-zA-Z0-9-]+$",
+            ));
+        }
+    }
+    if let Some(image) = &req.image {
+        if req.sandbox_template_id.is_none() {
+            return Err(ApiError::invalid(
+                "image",
+                format!("arbitrary images are not available on this node; use sandbox_template_id (image {image} was given)"),
+            ));
+        }
+    }
+    for (field, snap) in [
+        ("from_snapshot", &req.from_snapshot),
+        ("restore", &req.restore),
+    ] {
+        if let Some(s) = snap {
+            if uuid::Uuid::parse_str(s).is_err() {
+                return Err(ApiError::invalid(field, "must be a UUID"));
+            }
+            return Err(ApiError::not_found(format!("snapshot {s} not found")));
+        }
+    }
+    let template = st
+        .engine
+        .resolve_template(req.sandbox_template_id.as_deref(), "sandbox_template_id")?;
+    let timeout_secs = req
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.get("idle_timeout_seconds"))
+        .and_then(Value::as_u64);
+    let sb = st
+        .engine
+        .create_sandbox(
+            &p,
+            &t,
+            CreateSandbox {
+                name,
+                region: req.region,
+                template,
+                env,
+                resources,
+                egress,
+                command: req.command.unwrap_or_default(),
+                timeout_secs,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(sandbox_view(&sb, &st.public_url))).into_response())
+}
+
+/// Resolves the `{sandbox_id}` path segment: a UUID, or a sandbox name as the SDK allows.
+fn sandbox_ref(st: &AppState, t: &Tenant, s: &str) -> Result<sandboxd_core::Sandbox, ApiError> {
+    if SandboxId::parse(s).is_none()
+        && sandboxd_core::validate::dns1123_label("sandbox_id", s).is_err()
+    {
+        return Err(ApiError::invalid(
+            "sandbox_id",
+            "must be a sandbox UUID or name",
+        ));
+    }
+    Ok(st.engine.find_sandbox(t, s)?)
+}
+
+async fn get_one(
+    State(st): State<AppState>,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let sb = sandbox_ref(&st, &t, &id)?;
+    Ok(Json(sandbox_view(&sb, &st.public_url)))
+}
+
+async fn delete(
+    State(st): State<AppState>,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let sb = sandbox_ref(&st, &t, &id)?;
+    st.engine.delete_sandbox(&t, sb.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn keepalive(
+    State(st): State<AppState>,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let sb = sandbox_ref(&st, &t, &id)?;
+    let sb = st.engine.keepalive(&t, sb.id)?;
+    Ok(Json(sandbox_view(&sb, &st.public_url)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutReq {
+    idle_timeout_seconds: Option<u64>,
+    max_lifetime_seconds: Option<u64>,
+    paused_retention_seconds: Option<u64>,
+    on_idle: Option<OnIdle>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OnIdle {
+    Pause,
+    Delete,
+}
+
+async fn set_timeout(
+    State(st): State<AppState>,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
+    let req: TimeoutReq = parse_json(&bytes, true)?;
+    let _ = (
+        req.max_lifetime_seconds,
+        req.paused_retention_seconds,
+        req.on_idle,
+    );
+    let sb = sandbox_ref(&st, &t, &id)?;
+    let sb = st
+        .engine
+        .set_timeout(&t, sb.id, req.idle_timeout_seconds.map(Some))?;
+    Ok(Json(sandbox_view(&sb, &st.public_url)))
+}
+
+fn parse_time(pairs: &[(String, String)], key: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    query_str(pairs, key)
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|_| ApiError::invalid(key, "must be an RFC 3339 timestamp"))
+        })
+        .transpose()
+}
+
+async fn audit(
+    State(st): State<AppState>,
+    Path((org, project, id)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let pairs = query_pairs(q.as_deref());
+    let to = parse_time(&pairs, "to")?.unwrap_or_else(Utc::now);
+    let from = parse_time(&pairs, "from")?.unwrap_or(to - Duration::hours(24));
+    if from > to {
+        return Err(ApiError::invalid("from", "must not be after to"));
+    }
+    let limit = query_int(&pairs, "limit", 1, 1000, 100)? as usize;
+    let after: u64 = match query_str(&pairs, "cursor") {
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))?,
+        None => 0,
+    };
+    let sb = sandbox_ref(&st, &t, &id)?;
+    let records = st
+        .engine
+        .audit_trail(&t, sb.id, from, to, after, limit + 1)?;
+    let truncated = records.len() > limit;
+    let records: Vec<_> = records.into_iter().take(limit).collect();
+    let next = if truncated {
+        records.last().map(|r| r.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "sandbox_id": sb.id,
+        "from": ts(from),
+        "to": ts(to),
+        "retention_days": 1,
+        "window_truncated": truncated,
+        "next_cursor": next,
+        "records": records.iter().map(|r| json!({
+            "id": format!("{}-{}", sb.id.short(), r.seq),
+            "seq": r.seq,
+            "at": ts(r.at),
+            "tool": r.tool,
+            "target": r.target,
+            "outcome": if r.success { "success" } else { "error" },
+            "reason_code": r.reason_code,
+            "duration_ms": r.duration_ms,
+            "caller_source": "api_key",
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+fn template_view(st: &AppState, t: &sandboxd_engine::Template) -> Value {
+    let built = st
+        .engine
+        .templates
+        .built_at(t)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "description": t.description,
+        "category": "standard",
+        "status": match st.engine.templates.status(t) {
+            TemplateStatus::Active => "active",
+            TemplateStatus::Disabled => "disabled",
+        },
+        "image": t.image,
+        "created_at": ts(built),
+        "updated_at": ts(built),
+    })
+}
+
+async fn templates(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    principal(&st, &headers)?;
+    let pairs = query_pairs(q.as_deref());
+    let (page, limit) = paging(&pairs)?;
+    let active: Vec<_> = CATALOGUE
+        .iter()
+        .filter(|t| st.engine.templates.status(t) == TemplateStatus::Active)
+        .collect();
+    let total = active.len() as u64;
+    let items = active
+        .into_iter()
+        .skip(((page - 1) * limit) as usize)
+        .take(limit as usize)
+        .map(|t| template_view(&st, t))
+        .collect();
+    Ok(Json(page_json(items, total, page, limit)))
+}
+
+async fn template(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    principal(&st, &headers)?;
+    let t = CATALOGUE
+        .iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("template {id} not found")))?;
+    Ok(Json(template_view(&st, t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let p = query_pairs(Some("page=2&limit=5&name=a%2Db&x"));
+        assert_eq!(query_int(&p, "page", 1, 10, 1).unwrap(), 2);
+        assert_eq!(query_str(&p, "name"), Some("a-b"));
+        assert!(query_int(&query_pairs(Some("limit=101")), "limit", 1, 100, 20).is_err());
+        assert!(query_int(&query_pairs(Some("page=0")), "page", 1, 100, 1).is_err());
+        assert!(query_int(&query_pairs(Some("page=x")), "page", 1, 100, 1).is_err());
+        assert_eq!(percent_decode("%41%"), "A%");
+    }
+}

@@ -1,0 +1,194 @@
+//! `sandboxd serve`: opens the store, reconciles sandboxes left from a previous run, builds
+//! missing templates in the background and serves the API.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sandboxd_api::AppState;
+use sandboxd_engine::{Engine, EngineConfig, Templates};
+use sandboxd_meta::{MetaStore, SqliteStore};
+use sandboxd_runtime::{Gvisor, GvisorConfig};
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{info, warn};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SANDBOXD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where state lives: SQLite, sandboxes, runsc state, admin.key.
+    #[arg(long, env = "SANDBOXD_DATA_DIR", default_value = "/var/lib/sandboxd")]
+    pub data_dir: PathBuf,
+    /// Template root filesystems (default: `<data-dir>/templates`).
+    #[arg(long, env = "SANDBOXD_TEMPLATES_DIR")]
+    pub templates_dir: Option<PathBuf>,
+    /// URL clients reach this server at (default: `http://<listen>`).
+    #[arg(long, env = "SANDBOXD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The region this node serves.
+    #[arg(long, env = "SANDBOXD_REGION", default_value = "local")]
+    pub region: String,
+    /// Most sandboxes one org may hold.
+    #[arg(long, env = "SANDBOXD_MAX_SANDBOXES_PER_ORG", default_value_t = 100)]
+    pub max_sandboxes_per_org: u64,
+    /// Memory (MiB) the node may commit to sandboxes (default: 90% of physical memory).
+    #[arg(long, env = "SANDBOXD_NODE_MEMORY_MIB")]
+    pub node_memory_mib: Option<u64>,
+    /// The static agent binary (default: `sandboxd-agent` beside this executable).
+    #[arg(long, env = "SANDBOXD_AGENT")]
+    pub agent_binary: Option<PathBuf>,
+    #[arg(long, env = "SANDBOXD_RUNSC", default_value = "runsc")]
+    pub runsc: PathBuf,
+    /// Second octet of the sandbox subnet 10.X.0.0/16; daemons sharing a host need distinct ones.
+    #[arg(long, env = "SANDBOXD_SUBNET_OCTET", default_value_t = 200)]
+    pub subnet_octet: u8,
+    /// Do not build missing templates at start.
+    #[arg(long)]
+    pub no_template_build: bool,
+}
+
+fn physical_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(8 * 1024)
+}
+
+fn default_agent() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name("sandboxd-agent");
+    anyhow::ensure!(
+        p.is_file(),
+        "no agent binary at {} (pass --agent-binary)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// Makes sure an admin key exists: `SANDBOXD_ADMIN_KEY` if set, else on first start a new key
+/// written to `<data-dir>/admin.key` (mode 0600). The key is never logged.
+fn ensure_admin_key(meta: &dyn MetaStore, data_dir: &Path) -> anyhow::Result<()> {
+    if let Ok(k) = std::env::var("SANDBOXD_ADMIN_KEY") {
+        let k = SecretString::from(k);
+        sandboxd_engine::keys::import(meta, &k, "default", Some("default"))
+            .map_err(|e| anyhow::anyhow!("SANDBOXD_ADMIN_KEY: {e}"))?;
+        return Ok(());
+    }
+    if meta.count_keys()? > 0 {
+        return Ok(());
+    }
+    let key = sandboxd_engine::keys::create(meta, "default", Some("default"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = data_dir.join("admin.key");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    writeln!(f, "{}", key.expose_secret())?;
+    info!(path = %path.display(), "wrote the admin key for org default, project default");
+    Ok(())
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SANDBOXD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()?;
+    rt.block_on(serve(a))
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    sandboxd_core::NetSlot::set_subnet_octet(a.subnet_octet);
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("create {}", a.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&a.data_dir)?;
+    let meta: Arc<dyn MetaStore> =
+        Arc::new(SqliteStore::open(&data_dir.join("meta.db")).context("open metadata store")?);
+    ensure_admin_key(meta.as_ref(), &data_dir)?;
+
+    let agent = match a.agent_binary {
+        Some(p) => p,
+        None => default_agent()?,
+    };
+    sandboxd_runtime::netns::install_host_firewall().context("install host firewall")?;
+    let runtime = Arc::new(Gvisor::new(GvisorConfig {
+        data_dir: data_dir.clone(),
+        agent_binary: std::fs::canonicalize(agent)?,
+        runsc: a.runsc,
+        platform: "systrap".into(),
+    })?);
+    let templates_dir = a
+        .templates_dir
+        .unwrap_or_else(|| data_dir.join("templates"));
+    std::fs::create_dir_all(&templates_dir)?;
+    let cfg = EngineConfig {
+        region: a.region,
+        max_sandboxes_per_org: a.max_sandboxes_per_org,
+        node_memory_mib: a
+            .node_memory_mib
+            .unwrap_or_else(|| physical_memory_mib() * 9 / 10),
+        ..EngineConfig::default()
+    };
+    let engine = Arc::new(Engine::new(
+        cfg,
+        meta,
+        runtime,
+        Templates::new(std::fs::canonicalize(&templates_dir)?),
+    ));
+    engine
+        .reconcile()
+        .await
+        .map_err(|e| anyhow::anyhow!("reconcile: {e} ({e:?})"))?;
+    if !a.no_template_build {
+        let e = engine.clone();
+        tokio::spawn(async move { e.templates.build_missing().await });
+    }
+
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("listen on {}", a.listen))?;
+    let local = listener.local_addr()?;
+    let public_url = a.public_url.unwrap_or_else(|| format!("http://{local}"));
+    let app = sandboxd_api::router(AppState {
+        engine,
+        public_url: public_url.clone(),
+    });
+    info!(%local, %public_url, "sandboxd listening");
+    // Machine-readable line for scripts and tests that start us on port 0.
+    println!("listening on {local}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            warn!("shutting down; sandboxes keep running and are re-adopted at next start");
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The actions of sandboxd. Both API dialects call these; nothing here knows about HTTP.
+//!
+//! The engine owns the metadata store, the runtime and the template catalogue, keeps one
+//! lifecycle operation in flight per sandbox, and reaches the agent inside each sandbox for
+//! processes and files.
+
+pub mod agent_client;
+mod audit;
+pub mod keys;
+mod sandboxes;
+pub mod templates;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sandboxd_core::{CoreError, SandboxId};
+use sandboxd_meta::{MetaError, MetaStore};
+use sandboxd_runtime::{Runtime, RuntimeError};
+use thiserror::Error;
+
+pub use agent_client::AgentError;
+pub use audit::AuditRecord;
+pub use sandboxes::CreateSandbox;
+pub use templates::{Template, TemplateStatus, Templates};
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// A client-facing error: validation, not found, conflict, quota.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("metadata store")]
+    Meta(#[source] MetaError),
+    #[error("runtime")]
+    Runtime(#[from] RuntimeError),
+    #[error("sandbox agent")]
+    Agent(#[from] AgentError),
+    #[error("{0}")]
+    BadKey(String),
+}
+
+impl From<MetaError> for EngineError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::Conflict(m) => EngineError::Core(CoreError::Conflict(m)),
+            MetaError::SlotsExhausted => EngineError::Core(CoreError::Unavailable(
+                "no network capacity left on this node".into(),
+            )),
+            other => EngineError::Meta(other),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The region this node serves; sandboxes default to it.
+    pub region: String,
+    /// Most sandboxes one org may hold at once (429 past it).
+    pub max_sandboxes_per_org: u64,
+    /// Memory (MiB) the node may promise to sandboxes in total (503 past it).
+    pub node_memory_mib: u64,
+    /// How long a new sandbox's agent may take to answer.
+    pub agent_ready_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            region: "local".into(),
+            max_sandboxes_per_org: 100,
+            node_memory_mib: 64 * 1024,
+            agent_ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    meta: Arc<dyn MetaStore>,
+    runtime: Arc<dyn Runtime>,
+    pub templates: Templates,
+    busy: Mutex<HashSet<SandboxId>>,
+    audit: audit::AuditLog,
+}
+
+/// Marks a sandbox busy with a lifecycle operation until dropped.
+pub(crate) struct Busy<'a> {
+    engine: &'a Engine,
+    id: SandboxId,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.engine
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Engine {
+    pub fn new(
+        cfg: EngineConfig,
+        meta: Arc<dyn MetaStore>,
+        runtime: Arc<dyn Runtime>,
+        templates: Templates,
+    ) -> Self {
+        Engine {
+            cfg,
+            meta,
+            runtime,
+            templates,
+            busy: Mutex::new(HashSet::new()),
+            audit: audit::AuditLog::default(),
+        }
+    }
+
+    pub fn meta(&self) -> &dyn MetaStore {
+        self.meta.as_ref()
+    }
+
+    pub(crate) fn begin(&self, id: SandboxId) -> Result<Busy<'_>, CoreError> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(id) {
+            return Err(CoreError::Conflict(
+                "another operation on this sandbox is in progress".into(),
+            ));
+        }
+        Ok(Busy { engine: self, id })
+    }
+}
+
+pub(crate) fn agent_addr(slot: sandboxd_core::NetSlot) -> SocketAddr {
+    SocketAddr::new(slot.sandbox_ip().into(), sandboxd_agent::proto::AGENT_PORT)
+}

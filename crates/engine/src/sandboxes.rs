@@ -1,0 +1,427 @@
+//! Sandbox lifecycle and data-plane actions.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use sandboxd_agent::proto::{Reply, Request};
+use sandboxd_core::state::Op;
+use sandboxd_core::{
+    CoreError, EnvVar, Principal, Resources, Sandbox, SandboxId, SandboxState, Tenant,
+};
+use sandboxd_meta::Page;
+use sandboxd_runtime::{ContainerStatus, SandboxSpec};
+use tracing::{info, instrument, warn};
+
+use crate::agent_client::{self, ReplyStream};
+use crate::templates::{Template, TemplateStatus};
+use crate::{agent_addr, AuditRecord, Engine, EngineError};
+
+/// A validated create request, in core units. Front-ends resolve the template first.
+#[derive(Debug, Clone)]
+pub struct CreateSandbox {
+    pub name: String,
+    pub region: Option<String>,
+    pub template: &'static Template,
+    pub env: Vec<EnvVar>,
+    pub resources: Resources,
+    pub egress: Option<serde_json::Value>,
+    pub command: Vec<String>,
+    pub timeout_secs: Option<u64>,
+}
+
+impl Engine {
+    /// Resolves a template name for a create request; `field` names the request field in errors.
+    pub fn resolve_template(
+        &self,
+        name: Option<&str>,
+        field: &str,
+    ) -> Result<&'static Template, CoreError> {
+        let name = name.unwrap_or(crate::templates::DEFAULT_TEMPLATE);
+        let t = self
+            .templates
+            .lookup(name)
+            .ok_or_else(|| CoreError::invalid(field, format!("template {name} does not exist")))?;
+        if self.templates.status(t) != TemplateStatus::Active {
+            return Err(CoreError::invalid(
+                field,
+                format!(
+                    "template {} is not active on this node (not built yet)",
+                    t.id
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Resolves the bearer token of a request.
+    pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, EngineError> {
+        crate::keys::verify(self.meta.as_ref(), token)
+    }
+
+    fn load(&self, tenant: &Tenant, id: SandboxId) -> Result<Sandbox, EngineError> {
+        match self.meta.get_sandbox(id)? {
+            Some(sb) if &sb.tenant == tenant => Ok(sb),
+            _ => Err(CoreError::not_found("sandbox", id.to_string()).into()),
+        }
+    }
+
+    fn save(&self, sb: &mut Sandbox) -> Result<(), EngineError> {
+        sb.updated_at = Utc::now();
+        self.meta.update_sandbox(sb)?;
+        Ok(())
+    }
+
+    pub fn get_sandbox(&self, tenant: &Tenant, id: SandboxId) -> Result<Sandbox, EngineError> {
+        self.load(tenant, id)
+    }
+
+    /// Finds a sandbox by id or by name within the tenant.
+    pub fn find_sandbox(&self, tenant: &Tenant, id_or_name: &str) -> Result<Sandbox, EngineError> {
+        if let Some(id) = SandboxId::parse(id_or_name) {
+            return self.load(tenant, id);
+        }
+        let mut offset = 0;
+        loop {
+            let page = self.meta.list_sandboxes(tenant, offset, 500)?;
+            if let Some(sb) = page.items.iter().find(|s| s.name == id_or_name) {
+                return Ok(sb.clone());
+            }
+            if page.items.is_empty() || offset + 500 >= page.total {
+                return Err(CoreError::not_found("sandbox", id_or_name.to_string()).into());
+            }
+            offset += 500;
+        }
+    }
+
+    /// The sandbox a data-plane call addresses, if `principal` may use it.
+    pub fn sandbox_for(
+        &self,
+        principal: &Principal,
+        id: SandboxId,
+    ) -> Result<Sandbox, EngineError> {
+        let sb = self
+            .meta
+            .get_sandbox(id)?
+            .ok_or_else(|| CoreError::not_found("sandbox", id.to_string()))?;
+        principal.authorize(&sb.tenant.org, &sb.tenant.project)?;
+        Ok(sb)
+    }
+
+    pub fn list_sandboxes(
+        &self,
+        tenant: &Tenant,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<Sandbox>, EngineError> {
+        Ok(self.meta.list_sandboxes(tenant, offset, limit)?)
+    }
+
+    fn admit(&self, tenant: &Tenant, resources: &Resources) -> Result<(), EngineError> {
+        let held = self.meta.count_sandboxes_in_org(&tenant.org)?;
+        if held >= self.cfg.max_sandboxes_per_org {
+            return Err(CoreError::QuotaExceeded(format!(
+                "org {} has reached its limit of {} sandboxes",
+                tenant.org, self.cfg.max_sandboxes_per_org
+            ))
+            .into());
+        }
+        let promised: u64 = self
+            .meta
+            .all_sandboxes()?
+            .iter()
+            .filter(|s| s.state.expects_container() || s.state == SandboxState::Starting)
+            .map(|s| u64::from(s.resources.memory_mib))
+            .sum();
+        if promised + u64::from(resources.memory_mib) > self.cfg.node_memory_mib {
+            return Err(CoreError::Unavailable(format!(
+                "node has no capacity left: {promised} MiB of {} MiB committed",
+                self.cfg.node_memory_mib
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Creates a sandbox and starts it; returns once it is running (`Ready`).
+    #[instrument(skip_all, fields(sandbox_id))]
+    pub async fn create_sandbox(
+        &self,
+        principal: &Principal,
+        tenant: &Tenant,
+        req: CreateSandbox,
+    ) -> Result<Sandbox, EngineError> {
+        if let Some(r) = &req.region {
+            if r != &self.cfg.region {
+                return Err(CoreError::invalid(
+                    "region",
+                    format!(
+                        "region {r} is not served here; this node serves {}",
+                        self.cfg.region
+                    ),
+                )
+                .into());
+            }
+        }
+        self.admit(tenant, &req.resources)?;
+        let now = Utc::now();
+        let mut sb = Sandbox {
+            id: SandboxId::new(),
+            tenant: tenant.clone(),
+            name: req.name,
+            region: self.cfg.region.clone(),
+            template_id: req.template.id.to_string(),
+            image: req.template.image.to_string(),
+            command: req.command,
+            env: req.env,
+            resources: req.resources,
+            state: SandboxState::Starting,
+            status_message: None,
+            net: None,
+            egress: req.egress,
+            created_by: Some(principal.key_id.clone()),
+            created_at: now,
+            updated_at: now,
+            timeout_secs: req.timeout_secs,
+            last_activity_at: now,
+        };
+        tracing::Span::current().record("sandbox_id", sb.id.to_string());
+        self.meta.insert_sandbox(&mut sb)?;
+        let _busy = self.begin(sb.id)?;
+        let started = Instant::now();
+        match self.boot(&sb, req.template).await {
+            Ok(()) => {
+                sb.state = SandboxState::Running;
+                self.save(&mut sb)?;
+                info!(ms = started.elapsed().as_millis() as u64, "sandbox running");
+                Ok(sb)
+            }
+            Err(e) => {
+                warn!(error = %e, detail = ?e, "sandbox failed to start");
+                self.meta.delete_sandbox(sb.id)?;
+                Err(CoreError::Internal("sandbox failed to start".into()).into())
+            }
+        }
+    }
+
+    fn spec(&self, sb: &Sandbox, template: &Template) -> Result<SandboxSpec, EngineError> {
+        let net = sb
+            .net
+            .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
+        let mut env: Vec<(String, String)> = sb
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        env.push(("SANDBOX_ID".into(), sb.id.to_string()));
+        Ok(SandboxSpec {
+            id: sb.id.to_string(),
+            hostname: sb.name.clone(),
+            template_rootfs: self.templates.rootfs(template),
+            env,
+            resources: sb.resources,
+            net,
+        })
+    }
+
+    /// Starts the container and waits for its agent.
+    async fn boot(&self, sb: &Sandbox, template: &Template) -> Result<(), EngineError> {
+        let spec = self.spec(sb, template)?;
+        let rt = self.runtime.clone();
+        let create_spec = spec.clone();
+        tokio::task::spawn_blocking(move || rt.create(&create_spec))
+            .await
+            .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
+        if !agent_client::wait_ready(agent_addr(spec.net), self.cfg.agent_ready_timeout).await {
+            let rt = self.runtime.clone();
+            let id = spec.id.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.destroy(&id, Some(spec.net))).await;
+            return Err(
+                sandboxd_runtime::RuntimeError::NotReady("agent did not answer".into()).into(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn destroy_host(&self, sb: &Sandbox) -> Result<(), EngineError> {
+        let rt = self.runtime.clone();
+        let id = sb.id.to_string();
+        let net = sb.net;
+        tokio::task::spawn_blocking(move || rt.destroy(&id, net))
+            .await
+            .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(sandbox_id = %id))]
+    pub async fn delete_sandbox(&self, tenant: &Tenant, id: SandboxId) -> Result<(), EngineError> {
+        let mut sb = self.load(tenant, id)?;
+        sb.state.check(Op::Delete)?;
+        let _busy = self.begin(id)?;
+        sb.state = SandboxState::Deleting;
+        self.save(&mut sb)?;
+        if let Err(e) = self.destroy_host(&sb).await {
+            warn!(error = %e, detail = ?e, "destroy failed");
+            sb.state = SandboxState::Failed;
+            sb.status_message = Some("delete failed; retry".into());
+            self.save(&mut sb)?;
+            return Err(e);
+        }
+        self.meta.delete_sandbox(id)?;
+        self.audit.forget(id);
+        info!("sandbox deleted");
+        Ok(())
+    }
+
+    /// Records activity (keepalive); returns the updated record.
+    pub fn keepalive(&self, tenant: &Tenant, id: SandboxId) -> Result<Sandbox, EngineError> {
+        let mut sb = self.load(tenant, id)?;
+        sb.last_activity_at = Utc::now();
+        self.save(&mut sb)?;
+        Ok(sb)
+    }
+
+    /// Sets the idle timeout (seconds; `Some(0)` or `None` = never).
+    pub fn set_timeout(
+        &self,
+        tenant: &Tenant,
+        id: SandboxId,
+        timeout_secs: Option<Option<u64>>,
+    ) -> Result<Sandbox, EngineError> {
+        let mut sb = self.load(tenant, id)?;
+        if let Some(t) = timeout_secs {
+            sb.timeout_secs = t.filter(|v| *v > 0);
+        }
+        sb.last_activity_at = Utc::now();
+        self.save(&mut sb)?;
+        Ok(sb)
+    }
+
+    pub fn audit_trail(
+        &self,
+        tenant: &Tenant,
+        id: SandboxId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, EngineError> {
+        self.load(tenant, id)?;
+        Ok(self.audit.list(id, from, to, after_seq, limit))
+    }
+
+    /// Checks a data-plane call may run now and marks activity.
+    fn running_for(&self, principal: &Principal, id: SandboxId) -> Result<Sandbox, EngineError> {
+        let sb = self.sandbox_for(principal, id)?;
+        sb.state.check(Op::Exec)?;
+        Ok(sb)
+    }
+
+    /// Sends one request to the sandbox's agent; `tool`/`target` go to the audit trail.
+    pub async fn agent_call(
+        &self,
+        principal: &Principal,
+        id: SandboxId,
+        tool: &str,
+        target: Option<String>,
+        req: Request,
+    ) -> Result<Reply, EngineError> {
+        let sb = self.running_for(principal, id)?;
+        let net = sb
+            .net
+            .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
+        let started = Instant::now();
+        let result = agent_client::call(agent_addr(net), &req).await;
+        let (success, reason) = match &result {
+            Ok(Reply::Error { code, .. }) => (false, Some(code.clone())),
+            Ok(_) => (true, None),
+            Err(_) => (false, Some("unavailable".to_string())),
+        };
+        self.audit.record(
+            id,
+            AuditRecord {
+                seq: 0,
+                at: Utc::now(),
+                tool: tool.to_string(),
+                target,
+                success,
+                reason_code: reason,
+                duration_ms: started.elapsed().as_millis() as u64,
+            },
+        );
+        Ok(result?)
+    }
+
+    /// Opens a reply stream to the sandbox's agent (process logs).
+    pub async fn agent_stream(
+        &self,
+        principal: &Principal,
+        id: SandboxId,
+        req: Request,
+    ) -> Result<ReplyStream, EngineError> {
+        let sb = self.running_for(principal, id)?;
+        let net = sb
+            .net
+            .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
+        Ok(agent_client::open(agent_addr(net), &req).await?)
+    }
+
+    /// After a daemon restart: settles every sandbox against what is really running, and
+    /// removes host objects that belong to no sandbox.
+    pub async fn reconcile(&self) -> Result<(), EngineError> {
+        let all = self.meta.all_sandboxes()?;
+        for mut sb in all {
+            let rt = self.runtime.clone();
+            let id = sb.id.to_string();
+            let status = tokio::task::spawn_blocking(move || rt.status(&id))
+                .await
+                .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
+            let mut alive = status == ContainerStatus::Running;
+            if alive {
+                if let Some(net) = sb.net {
+                    alive = agent_client::wait_ready(
+                        agent_addr(net),
+                        std::time::Duration::from_secs(3),
+                    )
+                    .await;
+                }
+            }
+            let next = sb.state.after_restart(alive);
+            info!(sandbox_id = %sb.id, from = sb.state.as_str(), to = next.as_str(), alive, "reconciled");
+            match next {
+                SandboxState::Deleting => {
+                    self.destroy_host(&sb).await?;
+                    self.meta.delete_sandbox(sb.id)?;
+                    continue;
+                }
+                SandboxState::Failed => {
+                    if sb.state != SandboxState::Failed {
+                        sb.status_message =
+                            Some("sandbox stopped while the daemon was down".into());
+                    }
+                    // Nothing of a dead sandbox keeps running: free its mounts, netns, cgroups.
+                    self.destroy_host(&sb).await?;
+                }
+                _ => {}
+            }
+            if next != sb.state {
+                sb.state = next;
+                self.save(&mut sb)?;
+            }
+        }
+        let keep: Vec<String> = self
+            .meta
+            .all_sandboxes()?
+            .iter()
+            .filter(|s| s.state != SandboxState::Failed)
+            .map(|s| s.id.to_string())
+            .collect();
+        let rt = self.runtime.clone();
+        let removed = tokio::task::spawn_blocking(move || rt.sweep(&keep))
+            .await
+            .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
+        if !removed.is_empty() {
+            info!(?removed, "removed orphaned host objects");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! The gVisor runtime: runsc (systrap platform) with an overlayfs rootfs, a netns and cgroups.
+//!
+//! Every runsc call runs inside the sandbox's netns (runsc's control socket is abstract, so it
+//! is only reachable from there) and in a private mount namespace with a tmpfs over
+//! `/proc/sys/net/core`, which keeps runsc's root-netns check from refusing to start.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sandboxd_core::NetSlot;
+use tracing::{debug, warn};
+
+use crate::overlay::{self, Layout};
+use crate::sys::run;
+use crate::{cgroup, netns, oci, ContainerStatus, Runtime, RuntimeError, SandboxSpec, Usage};
+
+#[derive(Debug, Clone)]
+pub struct GvisorConfig {
+    /// Per-sandbox directories live in `<data_dir>/sandboxes`, runsc state in `<data_dir>/runsc`.
+    pub data_dir: PathBuf,
+    /// The static agent binary bind-mounted into every sandbox.
+    pub agent_binary: PathBuf,
+    pub runsc: PathBuf,
+    pub platform: String,
+}
+
+pub struct Gvisor {
+    cfg: GvisorConfig,
+}
+
+/// The 12-hex-char name host objects of sandbox `id` carry.
+pub fn short_of(id: &str) -> String {
+    id.chars().filter(|c| *c != '-').take(12).collect()
+}
+
+impl Gvisor {
+    pub fn new(cfg: GvisorConfig) -> Result<Self, RuntimeError> {
+        for d in [cfg.data_dir.join("sandboxes"), cfg.data_dir.join("runsc")] {
+            std::fs::create_dir_all(&d)
+                .map_err(RuntimeError::io(format!("create {}", d.display())))?;
+        }
+        if !cfg.agent_binary.is_file() {
+            return Err(RuntimeError::Io {
+                what: format!("agent binary {}", cfg.agent_binary.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        Ok(Gvisor { cfg })
+    }
+
+    fn layout(&self, id: &str) -> Layout {
+        Layout {
+            dir: self.cfg.data_dir.join("sandboxes").join(id),
+        }
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.cfg.data_dir.join("runsc")
+    }
+
+    /// A runsc command that will run inside netns `short`. The returned `File` keeps the netns
+    /// fd open; it must live until the command is spawned.
+    fn runsc(&self, short: &str) -> Result<(Command, File), RuntimeError> {
+        let ns = File::open(netns::netns_path(short)).map_err(RuntimeError::io("open netns"))?;
+        let fd = ns.as_raw_fd();
+        let mut cmd = Command::new(&self.cfg.runsc);
+        cmd.arg(format!("--root={}", self.state_root().display()))
+            .arg(format!("--platform={}", self.cfg.platform))
+            .arg("--network=sandbox")
+            .arg("--overlay2=none");
+        let root = CString::new("/").expect("static string");
+        let target = CString::new("/proc/sys/net/core").expect("static string");
+        let fstype = CString::new("tmpfs").expect("static string");
+        // SAFETY: the closure runs between fork and exec and only makes raw syscalls (setns,
+        // unshare, mount) on data prepared before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0
+                    || libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        fstype.as_ptr(),
+                        target.as_ptr(),
+                        fstype.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok((cmd, ns))
+    }
+
+    fn runsc_run(&self, what: &str, short: &str, args: &[&str]) -> Result<String, RuntimeError> {
+        let (mut cmd, _ns) = self.runsc(short)?;
+        cmd.args(args);
+        let out = run(what, &mut cmd, None)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn start_container(
+        &self,
+        spec: &SandboxSpec,
+        short: &str,
+        layout: &Layout,
+    ) -> Result<(), RuntimeError> {
+        let rootfs = layout.rootfs();
+        let agent_dir = rootfs.join(".sbx");
+        if !agent_dir.join("agent").exists() {
+            std::fs::create_dir_all(&agent_dir)
+                .map_err(RuntimeError::io("create agent mount point"))?;
+            File::create(agent_dir.join("agent"))
+                .map_err(RuntimeError::io("create agent mount point"))?;
+        }
+        let config = oci::config(
+            spec,
+            short,
+            &rootfs,
+            &self.cfg.agent_binary,
+            &netns::netns_path(short),
+        );
+        std::fs::write(
+            layout.bundle().join("config.json"),
+            serde_json::to_vec_pretty(&config).expect("json"),
+        )
+        .map_err(RuntimeError::io("write OCI config"))?;
+        let log_path = layout.dir.join("runsc.log");
+        let log = File::create(&log_path).map_err(RuntimeError::io("create runsc log"))?;
+        let (mut cmd, _ns) = self.runsc(short)?;
+        cmd.arg("run")
+            .arg("--detach")
+            .arg(format!("--bundle={}", layout.bundle().display()))
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(RuntimeError::io("dup log"))?)
+            .stderr(log);
+        let status = cmd.status().map_err(RuntimeError::io("spawn runsc run"))?;
+        if !status.success() {
+            let detail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(RuntimeError::Command {
+                what: "runsc run".into(),
+                detail: detail
+                    .trim()
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<String>()
+                    .chars()
+                    .rev()
+                    .collect(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Runtime for Gvisor {
+    fn name(&self) -> &'static str {
+        "gvisor"
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let short = short_of(&spec.id);
+        if !spec.template_rootfs.is_dir() {
+            return Err(RuntimeError::MissingTemplate(
+                spec.template_rootfs.display().to_string(),
+            ));
+        }
+        let layout = self.layout(&spec.id);
+        let t0 = std::time::Instant::now();
+        let result = overlay::mount_rootfs(&layout, &spec.template_rootfs)
+            .and_then(|()| {
+                debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "rootfs mounted");
+                netns::create(&short, spec.net)
+            })
+            .and_then(|()| {
+                debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "netns ready");
+                self.start_container(spec, &short, &layout)
+            });
+        debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "runsc run returned");
+        if let Err(e) = &result {
+            warn!(sandbox_id = %spec.id, error = %e, "create failed; cleaning up");
+            let _ = self.destroy(&spec.id, Some(spec.net));
+        }
+        result
+    }
+
+    fn destroy(&self, id: &str, _net: Option<NetSlot>) -> Result<(), RuntimeError> {
+        let short = short_of(id);
+        let layout = self.layout(id);
+        if netns::exists(&short) {
+            if let Err(e) = self.runsc_run("runsc delete", &short, &["delete", "--force", id]) {
+                debug!(sandbox_id = id, error = %e, "runsc delete");
+            }
+        }
+        // A container whose netns is gone can still have state; delete it from the root netns.
+        if self
+            .state_root()
+            .join(format!("{id}_sandbox:{id}.state"))
+            .exists()
+            || self.state_root().join(id).exists()
+        {
+            let mut cmd = Command::new(&self.cfg.runsc);
+            cmd.arg(format!("--root={}", self.state_root().display()))
+                .args(["delete", "--force", id]);
+            let _ = run("runsc delete", &mut cmd, None);
+        }
+        overlay::unmount_rootfs(&layout)?;
+        netns::destroy(&short)?;
+        cgroup::remove(&oci::cgroup_path(&short));
+        if layout.dir.exists() {
+            std::fs::remove_dir_all(&layout.dir).map_err(RuntimeError::io("remove sandbox dir"))?;
+        }
+        Ok(())
+    }
+
+    fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
+        let short = short_of(id);
+        if !netns::exists(&short) {
+            return Ok(if self.layout(id).dir.exists() {
+                ContainerStatus::Stopped
+            } else {
+                ContainerStatus::Missing
+            });
+        }
+        match self.runsc_run("runsc state", &short, &["state", id]) {
+            Ok(out) => {
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                Ok(match v.get("status").and_then(|s| s.as_str()) {
+                    Some("running") => ContainerStatus::Running,
+                    _ => ContainerStatus::Stopped,
+                })
+            }
+            Err(_) => Ok(ContainerStatus::Stopped),
+        }
+    }
+
+    /// Only this data dir's sandboxes are swept: a sandbox's directory is made before any
+    /// other host object and removed after all of them, so it marks everything it owns (other
+    /// daemons on the same host keep theirs).
+    fn sweep(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
+        let mut removed = Vec::new();
+        let dirs: Vec<String> = std::fs::read_dir(self.cfg.data_dir.join("sandboxes"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in dirs {
+            if !keep.contains(&id) {
+                self.destroy(&id, None)?;
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn usage(&self, id: &str) -> Result<Usage, RuntimeError> {
+        let short = short_of(id);
+        let cg = oci::cgroup_path(&short);
+        let (rx, tx) = netns::counters(&short);
+        Ok(Usage {
+            cpu_usage_ns: cgroup::cpu_usage_ns(&cg),
+            memory_bytes: cgroup::memory_bytes(&cg),
+            memory_limit_bytes: cgroup::memory_limit_bytes(&cg),
+            pids: cgroup::pids(&cg),
+            oom_kills: cgroup::oom_kills(&cg),
+            disk_bytes: dir_size(&self.layout(id).upper()),
+            net_rx_bytes: rx,
+            net_tx_bytes: tx,
+        })
+    }
+}
+
+/// Bytes allocated by the files under `dir` (the sandbox's writes).
+fn dir_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            total += md.blocks() * 512;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_drop_dashes() {
+        assert_eq!(
+            short_of("0f8fad5b-d9cb-469f-a165-70867728950e"),
+            "0f8fad5bd9cb"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Runs sandboxes. [`Runtime`] is the seam the engine uses; [`gvisor::Gvisor`] is the
+//! implementation: runsc with the systrap platform, an overlayfs rootfs per sandbox, a network
+//! namespace with a veth pair, and cgroup v1 limits.
+//!
+//! Calls block (they run host commands); the engine calls them from blocking threads.
+
+pub mod cgroup;
+pub mod gvisor;
+pub mod netns;
+mod oci;
+mod overlay;
+mod sys;
+
+use std::path::PathBuf;
+
+use sandboxd_core::{NetSlot, Resources};
+use thiserror::Error;
+
+pub use gvisor::{Gvisor, GvisorConfig};
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// A host command failed; `detail` is its trimmed stderr, for the log only.
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("template {0} is not installed")]
+    MissingTemplate(String),
+    #[error("sandbox did not become ready: {0}")]
+    NotReady(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let what = what.into();
+        move |source| RuntimeError::Io { what, source }
+    }
+}
+
+/// What the runtime needs to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The sandbox's full id (a UUID string); host objects use its first 12 hex chars.
+    pub id: String,
+    pub hostname: String,
+    /// The read-only template root filesystem (overlay lower dir).
+    pub template_rootfs: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub resources: Resources,
+    pub net: NetSlot,
+}
+
+/// Whether a sandbox's container is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerStatus {
+    Running,
+    /// The container exists but its processes are gone (or it was never started).
+    Stopped,
+    /// No trace of the container.
+    Missing,
+}
+
+/// Host-side usage figures of one sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub pids: u64,
+    pub oom_kills: u64,
+    pub disk_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
+pub trait Runtime: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Prepares the host side (rootfs, network, cgroups) and starts the sandbox's init (the
+    /// agent). Returns when the container runs; the agent may need a few ms more to listen.
+    fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+    /// Stops the sandbox and removes every host object it had. Idempotent.
+    fn destroy(&self, id: &str, net: Option<NetSlot>) -> Result<(), RuntimeError>;
+    fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError>;
+    /// Removes every host object (container, mount, netns, cgroup, directory) that belongs to
+    /// none of the sandboxes in `keep`; returns what it removed. Used after a crash.
+    fn sweep(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError>;
+    fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
+}

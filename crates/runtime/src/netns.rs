@@ -1,0 +1,129 @@
+//! Per-sandbox network: a named netns and a veth pair, host side `s-<short>`, sandbox side
+//! `eth0`, on the sandbox's /30.
+
+use std::path::Path;
+use std::process::Command;
+
+use sandboxd_core::NetSlot;
+
+use crate::sys::run;
+use crate::RuntimeError;
+
+pub(crate) fn netns_name(short: &str) -> String {
+    format!("sbx-{short}")
+}
+
+pub(crate) fn host_veth(short: &str) -> String {
+    format!("s-{short}")
+}
+
+pub(crate) fn netns_path(short: &str) -> String {
+    format!("/var/run/netns/{}", netns_name(short))
+}
+
+pub(crate) fn exists(short: &str) -> bool {
+    Path::new(&netns_path(short)).exists()
+}
+
+/// Creates the namespace and wires the veth pair. On failure, removes what it made.
+pub(crate) fn create(short: &str, slot: NetSlot) -> Result<(), RuntimeError> {
+    let ns = netns_name(short);
+    let host = host_veth(short);
+    let peer = format!("p-{short}");
+    let host_batch = format!(
+        "netns add {ns}\n\
+         link add {host} type veth peer name {peer}\n\
+         link set {peer} netns {ns}\n\
+         addr add {hip}/30 dev {host}\n\
+         link set {host} up\n",
+        hip = slot.host_ip()
+    );
+    let ns_batch = format!(
+        "link set {peer} name eth0\n\
+         addr add {sip}/30 dev eth0\n\
+         link set eth0 up\n\
+         link set lo up\n\
+         route add default via {hip}\n",
+        sip = slot.sandbox_ip(),
+        hip = slot.host_ip()
+    );
+    let result = run(
+        "ip (host side)",
+        Command::new("ip").args(["-batch", "-"]),
+        Some(&host_batch),
+    )
+    .and_then(|_| {
+        run(
+            "ip (netns side)",
+            Command::new("ip").args(["-n", &ns, "-batch", "-"]),
+            Some(&ns_batch),
+        )
+    });
+    if result.is_err() {
+        let _ = destroy(short);
+    }
+    result.map(|_| ())
+}
+
+/// Deletes the veth (if left in the root netns) and the namespace. Idempotent.
+pub(crate) fn destroy(short: &str) -> Result<(), RuntimeError> {
+    let host = host_veth(short);
+    if Path::new(&format!("/sys/class/net/{host}")).exists() {
+        let _ = run(
+            "ip link del",
+            Command::new("ip").args(["link", "del", &host]),
+            None,
+        );
+    }
+    if exists(short) {
+        run(
+            "ip netns del",
+            Command::new("ip").args(["netns", "del", &netns_name(short)]),
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Bytes received and sent by the sandbox, read from the host side of its veth (so the
+/// directions are swapped: what the host side transmits, the sandbox receives).
+pub(crate) fn counters(short: &str) -> (u64, u64) {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/class/net/{}/statistics/{f}",
+            host_veth(short)
+        ))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+    };
+    (read("tx_bytes"), read("rx_bytes"))
+}
+
+/// The host-side firewall every sandbox sits behind: nothing a sandbox sends reaches the host
+/// or is forwarded anywhere, except replies on connections the host opened (the daemon talking
+/// to the agent). Installed atomically; re-running replaces it.
+pub fn install_host_firewall() -> Result<(), RuntimeError> {
+    let rules = "\
+table inet sandboxd
+delete table inet sandboxd
+table inet sandboxd {
+  chain input {
+    type filter hook input priority -10; policy accept;
+    iifname \"s-*\" ct state established,related accept
+    iifname \"s-*\" counter drop
+  }
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    iifname \"s-*\" counter drop
+    oifname \"s-*\" counter drop
+  }
+}
+";
+    run(
+        "nft (host firewall)",
+        Command::new("nft").args(["-f", "-"]),
+        Some(rules),
+    )
+    .map(|_| ())
+}
