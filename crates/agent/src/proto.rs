@@ -113,6 +113,9 @@ pub struct ProcInfo {
     pub exit_code: Option<i32>,
     /// Set when the process was killed by a signal.
     pub signal: Option<i32>,
+    /// The agent killed it for pushing the sandbox over its memory limit.
+    #[serde(default)]
+    pub oom_killed: bool,
     pub started_at_ms: u64,
     pub ended_at_ms: Option<u64>,
 }

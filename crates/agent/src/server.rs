@@ -195,6 +195,7 @@ impl Agent {
             running: true,
             exit_code: None,
             signal: None,
+            oom_killed: false,
             started_at_ms: now_ms(),
             ended_at_ms: None,
         };
@@ -344,6 +345,57 @@ impl Agent {
             stdout: B64.encode(out),
             stderr: B64.encode(err),
             timed_out: !finished,
+        }
+    }
+
+    /// Keeps the sandbox under `limit` bytes of resident memory: when the processes' total
+    /// goes over, the largest process group is killed and its process marked `oom_killed`,
+    /// with a line on its stderr. The runtime's cgroup limit sits above this one, as a
+    /// backstop that would take the whole sandbox down.
+    pub fn run_memory_watchdog(self: &Arc<Self>, limit: u64) {
+        let own = std::process::id() as i32;
+        loop {
+            thread::sleep(Duration::from_millis(20));
+            let usage = crate::memory::scan();
+            let total: u64 = usage.iter().map(|p| p.rss).sum();
+            if total <= limit {
+                continue;
+            }
+            // Group by process group; the agent's own group is never a victim.
+            let mut groups: HashMap<i32, u64> = HashMap::new();
+            for p in usage.iter().filter(|p| p.pgid != own && p.pid != own) {
+                *groups.entry(p.pgid).or_default() += p.rss;
+            }
+            let Some((&victim, &rss)) = groups.iter().max_by_key(|(_, r)| **r) else {
+                continue;
+            };
+            let mut table = self.lock();
+            let managed = table
+                .procs
+                .values_mut()
+                .find(|p| p.os_pid == victim && p.info.running);
+            if let Some(p) = managed {
+                p.info.oom_killed = true;
+                let msg = format!(
+                    "sandbox: process killed: out of memory (sandbox limit {} MiB, this process used {} MiB)\n",
+                    limit >> 20,
+                    rss >> 20
+                );
+                let seq = p.next_seq;
+                p.next_seq += 1;
+                p.chunks.push(Chunk {
+                    seq,
+                    stream: "stderr",
+                    data: msg.into_bytes(),
+                });
+            }
+            drop(table);
+            // SAFETY: kill has no memory-safety preconditions; -victim names a process group.
+            unsafe {
+                libc::kill(-victim, libc::SIGKILL);
+                libc::kill(victim, libc::SIGKILL);
+            }
+            self.changed.notify_all();
         }
     }
 

@@ -24,6 +24,8 @@ use crate::{principal, AppState};
 
 /// Blank line sent on quiet streams so the SDK's 60 s read timeout never fires.
 const KEEPALIVE: Duration = Duration::from_secs(25);
+/// How often a quiet stream checks that its sandbox is still alive.
+const LIVENESS: Duration = Duration::from_secs(1);
 const WORKSPACE: &str = "/workspace";
 
 pub fn routes() -> Router<AppState> {
@@ -190,6 +192,7 @@ struct Follow {
     pid: u32,
     deadline: Option<tokio::time::Instant>,
     done: bool,
+    last_sent: tokio::time::Instant,
 }
 
 /// Turns agent log events into SDK frames: `stdout`/`stderr` (base64), then `exit`.
@@ -201,62 +204,75 @@ fn follow_frames(
         if f.done {
             return None;
         }
-        let wait = match f.deadline {
-            Some(d) => KEEPALIVE.min(d.saturating_duration_since(tokio::time::Instant::now())),
-            None => KEEPALIVE,
-        };
-        match tokio::time::timeout(wait, f.stream.next()).await {
-            Err(_) => {
-                if f.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    let _ = f
-                        .ctx
-                        .st
-                        .engine
-                        .agent_call(
-                            &f.ctx.principal,
-                            f.ctx.id,
-                            "processes.kill",
-                            None,
-                            Request::Kill {
-                                pid: f.pid,
-                                signal: Some(9),
-                            },
-                        )
-                        .await;
-                    f.done = true;
-                    let frame = if error_frames {
-                        json!({"type": "error", "reason_code": "deadline_exceeded", "message": "command timed out and was killed"})
-                    } else {
-                        json!({"type": "exit", "exit_code": 124})
-                    };
-                    return Some((Ok(line(frame)), f));
-                }
-                Some((Ok(Bytes::from_static(b"\n")), f))
+        loop {
+            let wait = match f.deadline {
+                Some(d) => LIVENESS.min(d.saturating_duration_since(tokio::time::Instant::now())),
+                None => LIVENESS,
+            };
+            let event = tokio::time::timeout(wait, f.stream.next()).await;
+            if event.is_ok() {
+                f.last_sent = tokio::time::Instant::now();
             }
-            Ok(None) | Ok(Some(Err(_))) => {
-                f.done = true;
-                if error_frames {
-                    let frame = json!({"type": "error", "reason_code": "unavailable", "message": "lost the connection to the sandbox"});
-                    return Some((Ok(line(frame)), f));
+            return match event {
+                Err(_) => {
+                    if !f.ctx.st.engine.is_running(f.ctx.id) {
+                        f.done = true;
+                        if error_frames {
+                            let frame = json!({"type": "error", "reason_code": "unavailable", "message": "the sandbox stopped (see its status_message)"});
+                            return Some((Ok(line(frame)), f));
+                        }
+                        return None;
+                    }
+                    if f.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        let _ = f
+                            .ctx
+                            .st
+                            .engine
+                            .agent_call(
+                                &f.ctx.principal,
+                                f.ctx.id,
+                                "processes.kill",
+                                None,
+                                Request::Kill {
+                                    pid: f.pid,
+                                    signal: Some(9),
+                                },
+                            )
+                            .await;
+                        f.done = true;
+                        let frame = if error_frames {
+                            json!({"type": "error", "reason_code": "deadline_exceeded", "message": "command timed out and was killed"})
+                        } else {
+                            json!({"type": "exit", "exit_code": 124})
+                        };
+                        return Some((Ok(line(frame)), f));
+                    }
+                    if f.last_sent.elapsed() < KEEPALIVE {
+                        continue;
+                    }
+                    f.last_sent = tokio::time::Instant::now();
+                    Some((Ok(Bytes::from_static(b"\n")), f))
                 }
-                None
-            }
-            Ok(Some(Ok(reply))) => match reply {
-                Reply::Output { stream, data, .. } => {
-                    Some((Ok(line(json!({"type": stream, "data": data}))), f))
-                }
-                Reply::Exit(info) => {
+                Ok(None) | Ok(Some(Err(_))) => {
                     f.done = true;
-                    Some((
-                        Ok(line(
-                            json!({"type": "exit", "exit_code": info.exit_code.unwrap_or(-1), "signal": info.signal}),
-                        )),
-                        f,
-                    ))
+                    if error_frames {
+                        let frame = json!({"type": "error", "reason_code": "unavailable", "message": "lost the connection to the sandbox"});
+                        return Some((Ok(line(frame)), f));
+                    }
+                    None
                 }
-                Reply::End => None,
-                _ => Some((Ok(Bytes::from_static(b"\n")), f)),
-            },
+                Ok(Some(Ok(reply))) => match reply {
+                    Reply::Output { stream, data, .. } => {
+                        Some((Ok(line(json!({"type": stream, "data": data}))), f))
+                    }
+                    Reply::Exit(info) => {
+                        f.done = true;
+                        Some((Ok(line(exit_frame(&info))), f))
+                    }
+                    Reply::End => None,
+                    _ => Some((Ok(Bytes::from_static(b"\n")), f)),
+                },
+            };
         }
     })
 }
@@ -334,6 +350,7 @@ async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
                     pid: info.pid,
                     deadline,
                     done: false,
+                    last_sent: tokio::time::Instant::now(),
                 },
                 true,
             )))
@@ -342,12 +359,17 @@ async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
     )
 }
 
+fn exit_frame(i: &ProcInfo) -> Value {
+    json!({"type": "exit", "exit_code": i.exit_code.unwrap_or(-1), "signal": i.signal, "oom_killed": i.oom_killed})
+}
+
 fn status_json(i: &ProcInfo) -> Value {
     json!({
         "process_id": i.pid.to_string(),
         "state": if i.running { "running" } else { "exited" },
         "exit_code": i.exit_code,
         "started_at": i.started_at_ms / 1000,
+        "oom_killed": i.oom_killed,
     })
 }
 
@@ -527,9 +549,7 @@ async fn logs(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
                             Reply::Output { stream, data, .. } => {
                                 Some(line(json!({"type": stream, "data": data})))
                             }
-                            Reply::Exit(info) => Some(line(
-                                json!({"type": "exit", "exit_code": info.exit_code.unwrap_or(-1)}),
-                            )),
+                            Reply::Exit(info) => Some(line(exit_frame(info))),
                             _ => None,
                         };
                         let ended = matches!(first, Reply::Exit(_) | Reply::End);
@@ -540,6 +560,7 @@ async fn logs(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
                                 pid,
                                 deadline: None,
                                 done: ended,
+                                last_sent: tokio::time::Instant::now(),
                             },
                             false,
                         );

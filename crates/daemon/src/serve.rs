@@ -160,6 +160,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("reconcile: {e} ({e:?})"))?;
+    tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
     if !a.no_template_build {
         let e = engine.clone();
         tokio::spawn(async move { e.templates.build_missing().await });

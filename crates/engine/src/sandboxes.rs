@@ -365,6 +365,55 @@ impl Engine {
         Ok(agent_client::open(agent_addr(net), &req).await?)
     }
 
+    /// Whether the sandbox is (still) running, per the engine's record.
+    pub fn is_running(&self, id: SandboxId) -> bool {
+        matches!(self.meta.get_sandbox(id), Ok(Some(sb)) if sb.state.expects_container())
+    }
+
+    /// Watches running sandboxes; one whose processes are all gone (the kernel's OOM killer
+    /// took gVisor down, or it crashed) is marked `Failed` with the reason and its host
+    /// objects freed. Runs until the process ends.
+    pub async fn watch(self: std::sync::Arc<Self>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(all) = self.meta.all_sandboxes() else {
+                continue;
+            };
+            for sb in all.into_iter().filter(|s| s.state == SandboxState::Running) {
+                if self.runtime.alive(&sb.id.to_string()) {
+                    continue;
+                }
+                let Ok(_busy) = self.begin(sb.id) else {
+                    continue;
+                };
+                // Re-read under the busy mark: a delete may have just finished.
+                let Ok(Some(mut sb)) = self.meta.get_sandbox(sb.id) else {
+                    continue;
+                };
+                if sb.state != SandboxState::Running || self.runtime.alive(&sb.id.to_string()) {
+                    continue;
+                }
+                let oom = self
+                    .runtime
+                    .usage(&sb.id.to_string())
+                    .map(|u| u.oom_kills > 0)
+                    .unwrap_or(false);
+                let why = if oom {
+                    "sandbox stopped: out of memory (exceeded its memory limit)"
+                } else {
+                    "sandbox stopped unexpectedly"
+                };
+                warn!(sandbox_id = %sb.id, oom, "{why}");
+                sb.state = SandboxState::Failed;
+                sb.status_message = Some(why.into());
+                let _ = self.save(&mut sb);
+                if let Err(e) = self.destroy_host(&sb).await {
+                    warn!(sandbox_id = %sb.id, error = %e, "cleanup of a dead sandbox failed");
+                }
+            }
+        }
+    }
+
     /// After a daemon restart: settles every sandbox against what is really running, and
     /// removes host objects that belong to no sandbox.
     pub async fn reconcile(&self) -> Result<(), EngineError> {

@@ -251,6 +251,10 @@ impl Runtime for Gvisor {
     /// Only this data dir's sandboxes are swept: a sandbox's directory is made before any
     /// other host object and removed after all of them, so it marks everything it owns (other
     /// daemons on the same host keep theirs).
+    fn alive(&self, id: &str) -> bool {
+        cgroup::pids(&oci::cgroup_path(&short_of(id))) > 0
+    }
+
     fn sweep(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError> {
         let mut removed = Vec::new();
         let dirs: Vec<String> = std::fs::read_dir(self.cfg.data_dir.join("sandboxes"))

@@ -86,6 +86,8 @@ pub trait Runtime: Send + Sync {
     /// Stops the sandbox and removes every host object it had. Idempotent.
     fn destroy(&self, id: &str, net: Option<NetSlot>) -> Result<(), RuntimeError>;
     fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError>;
+    /// A cheap liveness check (no runsc call): does the sandbox still have processes?
+    fn alive(&self, id: &str) -> bool;
     /// Removes every host object (container, mount, netns, cgroup, directory) that belongs to
     /// none of the sandboxes in `keep`; returns what it removed. Used after a crash.
     fn sweep(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError>;

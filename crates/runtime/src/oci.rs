@@ -27,6 +27,13 @@ const CAPS: &[&str] = &[
     "CAP_SYS_ADMIN",
 ];
 
+/// The cgroup limit: the sandbox's memory plus headroom for gVisor itself. The agent keeps
+/// the sandbox's processes under the sandbox's limit by killing the largest; the cgroup only
+/// bites (taking the whole sandbox down) if that is outrun.
+pub(crate) fn cgroup_memory_limit(sandbox_bytes: u64) -> u64 {
+    sandbox_bytes + (sandbox_bytes / 4).max(256 << 20)
+}
+
 pub(crate) fn cgroup_path(short: &str) -> String {
     format!("/sandboxd/{short}")
 }
@@ -55,7 +62,7 @@ pub(crate) fn config(
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
-            "args": [AGENT_PATH_IN_SANDBOX],
+            "args": [AGENT_PATH_IN_SANDBOX, "--memory-limit", r.memory_bytes().to_string()],
             "env": env,
             "cwd": "/",
             "capabilities": {
@@ -77,7 +84,7 @@ pub(crate) fn config(
         "linux": {
             "cgroupsPath": cgroup_path(short),
             "resources": {
-                "memory": {"limit": r.memory_bytes()},
+                "memory": {"limit": cgroup_memory_limit(r.memory_bytes())},
                 "cpu": {"quota": quota, "period": period},
                 "pids": {"limit": 4096}
             },

@@ -8,10 +8,12 @@ use sandboxd_agent::server::{serve, Agent};
 
 fn main() {
     let mut listen = format!("0.0.0.0:{AGENT_PORT}");
+    let mut memory_limit: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().unwrap_or(listen),
+            "--memory-limit" => memory_limit = args.next().and_then(|v| v.parse().ok()),
             "--version" => {
                 println!("sandboxd-agent {}", env!("CARGO_PKG_VERSION"));
                 return;
@@ -27,6 +29,10 @@ fn main() {
     let agent = Agent::new();
     let reaper = agent.clone();
     thread::spawn(move || reaper.run_reaper());
+    if let Some(limit) = memory_limit {
+        let watchdog = agent.clone();
+        thread::spawn(move || watchdog.run_memory_watchdog(limit));
+    }
     let listener = match TcpListener::bind(&listen) {
         Ok(l) => l,
         Err(e) => {
