@@ -1,0 +1,344 @@
+//! Black-box harness: starts the real `sandboxd` on port 0 with a fresh data dir and talks to
+//! it over HTTP. Needs root, runsc, the templates and the static agent (`scripts/build`).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+static NEXT_OCTET: AtomicU8 = AtomicU8::new(240);
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub fn agent_binary() -> PathBuf {
+    let p = std::env::var("SANDBOXD_TEST_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target/release/sandboxd-agent"));
+    assert!(
+        p.is_file(),
+        "static agent missing at {} (run scripts/build)",
+        p.display()
+    );
+    p
+}
+
+pub fn templates_dir() -> PathBuf {
+    let p = std::env::var("SANDBOXD_TEST_TEMPLATES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/var/lib/sandboxd/templates"));
+    for t in ["sb-busybox", "sb-debian-12-python"] {
+        assert!(
+            p.join(t).join(".sbx-template-ok").is_file(),
+            "template {t} missing under {} (run scripts/build-templates)",
+            p.display()
+        );
+    }
+    p
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub url: String,
+    pub key: String,
+    pub octet: u8,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        let octet = NEXT_OCTET.fetch_add(1, Ordering::SeqCst);
+        let data_dir =
+            std::env::temp_dir().join(format!("sandboxd-test-{}-{octet}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let mut d = Daemon {
+            child: None,
+            data_dir,
+            url: String::new(),
+            key: String::new(),
+            octet,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d.key = std::fs::read_to_string(d.data_dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        d
+    }
+
+    /// Starts (or restarts) the server process on the same data dir.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("daemon.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
+            .arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg(format!("--data-dir={}", self.data_dir.display()))
+            .arg(format!("--templates-dir={}", templates_dir().display()))
+            .arg(format!("--agent-binary={}", agent_binary().display()))
+            .arg(format!("--subnet-octet={}", self.octet))
+            .arg("--no-template-build")
+            .args(&self.extra)
+            .env("SANDBOXD_LOG", "info")
+            .env_remove("SANDBOXD_ADMIN_KEY")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start sandboxd");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("daemon did not start; log:\n{}", self.log()));
+        self.url = format!("http://{addr}");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn create_key(&self, org: &str, project: Option<&str>) -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandboxd"));
+        cmd.args(["keys", "create", "--org", org])
+            .arg(format!("--data-dir={}", self.data_dir.display()));
+        if let Some(p) = project {
+            cmd.args(["--project", p]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn sandboxes_url(&self, org: &str, project: &str) -> String {
+        format!(
+            "{}/api/v1beta1/orgs/{org}/projects/{project}/sandboxes",
+            self.url
+        )
+    }
+
+    /// Creates a sandbox in default/default and returns its record.
+    pub fn create(&self, body: Value) -> Value {
+        let r = call(
+            &self.key,
+            "POST",
+            &self.sandboxes_url("default", "default"),
+            Some(body),
+        );
+        assert_eq!(r.status, 201, "create: {}\n{}", r.body, self.log());
+        assert_eq!(r.body["phase"], "Ready", "{}", r.body);
+        r.body
+    }
+
+    pub fn delete(&self, id: &str) -> Resp {
+        call(
+            &self.key,
+            "DELETE",
+            &format!("{}/{id}", self.sandboxes_url("default", "default")),
+            None,
+        )
+    }
+
+    /// Runs a command through the data plane; returns (exit frame, stdout, stderr).
+    pub fn exec(&self, id: &str, command: &str, args: &[&str]) -> (Value, String, String) {
+        exec_as(&self.url, &self.key, id, command, args)
+    }
+
+    /// Every host object of this daemon's sandboxes: mounts under the data dir, netns and
+    /// cgroups named after sandboxes, sandbox directories.
+    pub fn host_objects(&self, ids: &[&str]) -> Vec<String> {
+        let mut found = Vec::new();
+        let dd = self.data_dir.display().to_string();
+        for l in std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+        {
+            if l.split(' ')
+                .nth(1)
+                .is_some_and(|m| m.starts_with(&dd) && ids.iter().any(|id| m.contains(id)))
+            {
+                found.push(format!("mount {l}"));
+            }
+        }
+        for id in ids {
+            let short: String = id.chars().filter(|c| *c != '-').take(12).collect();
+            for p in [
+                format!("/var/run/netns/sbx-{short}"),
+                format!("/sys/fs/cgroup/memory/sandboxd/{short}"),
+                format!("/sys/fs/cgroup/pids/sandboxd/{short}"),
+                format!("/sys/class/net/s-{short}"),
+                format!("{dd}/sandboxes/{id}"),
+            ] {
+                if Path::new(&p).exists() {
+                    found.push(p);
+                }
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Delete whatever sandboxes are left, then stop.
+        if self.child.is_some() {
+            let list = call(
+                &self.key,
+                "GET",
+                &format!("{}?limit=100", self.sandboxes_url("default", "default")),
+                None,
+            );
+            if let Some(items) = list.body["items"].as_array() {
+                for sb in items {
+                    let _ = self.delete(sb["id"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub raw: String,
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build()
+}
+
+fn finish(r: Result<ureq::Response, ureq::Error>) -> Resp {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let raw = resp.into_string().unwrap_or_default();
+    let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    Resp { status, body, raw }
+}
+
+pub fn call(key: &str, method: &str, url: &str, body: Option<Value>) -> Resp {
+    let req = agent()
+        .request(method, url)
+        .set("Authorization", &format!("Bearer {key}"));
+    finish(match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    })
+}
+
+/// Sends raw bytes (for malformed-input tests).
+pub fn call_raw(key: Option<&str>, method: &str, url: &str, body: &[u8]) -> Resp {
+    let mut req = agent()
+        .request(method, url)
+        .set("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    finish(req.send_bytes(body))
+}
+
+pub fn dp(url: &str, key: &str, id: &str, path: &str, body: Value) -> Resp {
+    finish(
+        agent()
+            .post(&format!("{url}{path}"))
+            .set("Authorization", &format!("Bearer {key}"))
+            .set("X-Sandbox-Id", id)
+            .send_json(body),
+    )
+}
+
+pub fn exec_as(
+    url: &str,
+    key: &str,
+    id: &str,
+    command: &str,
+    args: &[&str],
+) -> (Value, String, String) {
+    let r = dp(
+        url,
+        key,
+        id,
+        "/v1/exec",
+        json!({"command": command, "args": args, "cwd": null, "env": null, "timeout_ms": null, "stdin": null}),
+    );
+    assert_eq!(r.status, 200, "exec: {}", r.raw);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut exit = Value::Null;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for line in r.raw.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        match v["type"].as_str().unwrap() {
+            "stdout" => out.extend(b64.decode(v["data"].as_str().unwrap()).unwrap()),
+            "stderr" => err.extend(b64.decode(v["data"].as_str().unwrap()).unwrap()),
+            _ => exit = v,
+        }
+    }
+    (
+        exit,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}

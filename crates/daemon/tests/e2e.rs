@@ -1,0 +1,554 @@
+//! End-to-end tier: real gVisor sandboxes behind the real daemon, driven over HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{call, call_raw, dp, exec_as, Daemon};
+use serde_json::{json, Value};
+
+#[test]
+fn both_templates_run_code_read_write_files_and_delete_cleanly() {
+    let d = Daemon::start();
+    let bb = d.create(json!({"name": "bb", "sandbox_template_id": "sb-busybox"}));
+    let deb = d.create(json!({"name": "deb", "sandbox_template_id": "sb-debian-12-python",
+        "env": [{"name": "GREETING", "value": "hello"}], "resources": {"cpu": 1.5, "memory_gb": 2}}));
+    let (bb_id, deb_id) = (bb["id"].as_str().unwrap(), deb["id"].as_str().unwrap());
+    assert_eq!(
+        deb["resources"],
+        json!({"cpu": 1.5, "memory_gb": 2, "disk_gb": 10})
+    );
+    assert_eq!(deb["connect_url"], d.url);
+
+    let (exit, out, _) = d.exec(
+        deb_id,
+        "python3",
+        &["-c", "import os; print(6*7, os.environ['GREETING'])"],
+    );
+    assert_eq!(exit["exit_code"], 0);
+    assert_eq!(out, "42 hello\n");
+    let (exit, out, err) = d.exec(bb_id, "echo out; echo err >&2; exit 3", &[]);
+    assert_eq!(
+        (exit["exit_code"].as_i64(), out.as_str(), err.as_str()),
+        (Some(3), "out\n", "err\n")
+    );
+    let (_, out, _) = d.exec(bb_id, "hostname", &[]);
+    assert_eq!(out, "bb\n");
+
+    // Files through the data plane; the sandbox sees them, and its writes land on the host.
+    let w = common::agent()
+        .post(&format!("{}/v1/files/write?path=dir/note.txt", d.url))
+        .set("Authorization", &format!("Bearer {}", d.key))
+        .set("X-Sandbox-Id", deb_id)
+        .send_bytes(b"file body\n")
+        .unwrap();
+    assert_eq!(w.into_json::<Value>().unwrap()["bytes_written"], 10);
+    let (_, out, _) = d.exec(
+        deb_id,
+        "cat /workspace/dir/note.txt && echo made-inside > /workspace/inside.txt",
+        &[],
+    );
+    assert_eq!(out, "file body\n");
+    let r = common::agent()
+        .post(&format!("{}/v1/files/read", d.url))
+        .set("Authorization", &format!("Bearer {}", d.key))
+        .set("X-Sandbox-Id", deb_id)
+        .send_json(json!({"path": "inside.txt", "cwd": null}))
+        .unwrap();
+    assert_eq!(r.into_string().unwrap(), "made-inside\n");
+    let upper = d
+        .data_dir
+        .join("sandboxes")
+        .join(deb_id)
+        .join("upper/workspace/inside.txt");
+    assert_eq!(std::fs::read_to_string(upper).unwrap(), "made-inside\n");
+    let l = dp(
+        &d.url,
+        &d.key,
+        deb_id,
+        "/v1/files/list",
+        json!({"path": "dir", "cwd": null, "recursive": false, "max_count": null}),
+    );
+    assert_eq!(l.body["entries"][0]["name"], "note.txt");
+    assert_eq!(l.body["entries"][0]["size"], 10);
+    let missing = dp(
+        &d.url,
+        &d.key,
+        deb_id,
+        "/v1/files/read",
+        json!({"path": "nope.txt", "cwd": null}),
+    );
+    assert_eq!(
+        (missing.status, missing.body["reason_code"].as_str()),
+        (404, Some("not_found"))
+    );
+
+    let list = call(&d.key, "GET", &d.sandboxes_url("default", "default"), None);
+    assert_eq!(list.body["total"], 2);
+    for id in [bb_id, deb_id] {
+        assert_eq!(d.delete(id).status, 204);
+        let gone = call(
+            &d.key,
+            "GET",
+            &format!("{}/{id}", d.sandboxes_url("default", "default")),
+            None,
+        );
+        assert_eq!(gone.status, 404);
+    }
+    assert_eq!(d.host_objects(&[bb_id, deb_id]), Vec::<String>::new());
+}
+
+#[test]
+fn a_process_over_the_memory_limit_is_killed_and_reported() {
+    let d = Daemon::start();
+    let sb = d.create(json!({"name": "mem", "sandbox_template_id": "sb-debian-12-python", "resources": {"memory_gb": 1}}));
+    let id = sb["id"].as_str().unwrap();
+    let hog = "b = bytearray(1536 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived')";
+    let (exit, out, err) = d.exec(id, "python3", &["-c", hog]);
+    assert_eq!(exit["exit_code"], 137, "{exit} {err}");
+    assert_eq!(exit["oom_killed"], true);
+    assert!(!out.contains("survived"));
+    assert!(err.contains("out of memory"), "{err}");
+    // The sandbox itself lives on, and a process within the limit runs.
+    let (exit, out, _) = d.exec(
+        id,
+        "python3",
+        &[
+            "-c",
+            "b = bytearray(256 * 1024 * 1024); print(len(b) >> 20)",
+        ],
+    );
+    assert_eq!(
+        (exit["exit_code"].as_i64(), out.as_str()),
+        (Some(0), "256\n")
+    );
+    let got = call(
+        &d.key,
+        "GET",
+        &format!("{}/{id}", d.sandboxes_url("default", "default")),
+        None,
+    );
+    assert_eq!(got.body["phase"], "Ready");
+}
+
+#[test]
+fn keys_of_another_org_get_403_and_cannot_list() {
+    let d = Daemon::start();
+    let b_key = d.create_key("org-b", None);
+    let a_sb = d.create(json!({"name": "mine", "sandbox_template_id": "sb-busybox"}));
+    let a_id = a_sb["id"].as_str().unwrap();
+
+    let a_list = d.sandboxes_url("default", "default");
+    assert_eq!(call(&b_key, "GET", &a_list, None).status, 403);
+    assert_eq!(
+        call(&b_key, "GET", &format!("{a_list}/{a_id}"), None).status,
+        403
+    );
+    assert_eq!(
+        call(&b_key, "DELETE", &format!("{a_list}/{a_id}"), None).status,
+        403
+    );
+    let r = call(
+        &b_key,
+        "POST",
+        &a_list,
+        Some(json!({"name": "intruder", "sandbox_template_id": "sb-busybox"})),
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let r = dp(
+        &d.url,
+        &b_key,
+        a_id,
+        "/v1/exec",
+        json!({"command": "id", "args": []}),
+    );
+    assert_eq!(
+        (r.status, r.body["reason_code"].as_str()),
+        (403, Some("permission_denied"))
+    );
+    // Its own org lists nothing of org A.
+    let own = call(&b_key, "GET", &d.sandboxes_url("org-b", "default"), None);
+    assert_eq!((own.status, own.body["total"].as_i64()), (200, Some(0)));
+    // A project-bound key of the same org is held to its project.
+    let p_key = d.create_key("default", Some("other"));
+    assert_eq!(call(&p_key, "GET", &a_list, None).status, 403);
+    // No key, or a wrong one: 401.
+    assert_eq!(call_raw(None, "GET", &a_list, b"").status, 401);
+    assert_eq!(call("sbx_nope_nope", "GET", &a_list, None).status, 401);
+    let mut forged = d.key.clone();
+    forged.pop();
+    forged.push(if d.key.ends_with('0') { '1' } else { '0' });
+    assert_eq!(call(&forged, "GET", &a_list, None).status, 401);
+    // Owner still has it.
+    assert_eq!(
+        call(&d.key, "GET", &format!("{a_list}/{a_id}"), None).status,
+        200
+    );
+    // The key never reaches the log.
+    assert!(!d.log().contains(&d.key) && !d.log().contains(&b_key));
+}
+
+#[test]
+fn malformed_requests_get_documented_errors_and_the_daemon_keeps_serving() {
+    let d = Daemon::start();
+    let url = d.sandboxes_url("default", "default");
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(2 * 1024 * 1024));
+    let cases: Vec<(&str, String, Vec<u8>, u16, Option<&str>)> = vec![
+        ("bad json", url.clone(), b"{not json".to_vec(), 400, None),
+        ("empty body", url.clone(), b"".to_vec(), 400, None),
+        ("json array", url.clone(), b"[]".to_vec(), 400, None),
+        (
+            "uppercase name",
+            url.clone(),
+            br#"{"name":"Bad"}"#.to_vec(),
+            400,
+            Some("name"),
+        ),
+        (
+            "underscore name",
+            url.clone(),
+            br#"{"name":"a_b"}"#.to_vec(),
+            400,
+            Some("name"),
+        ),
+        (
+            "leading dash",
+            url.clone(),
+            br#"{"name":"-ab"}"#.to_vec(),
+            400,
+            Some("name"),
+        ),
+        (
+            "name too long",
+            url.clone(),
+            format!("{{\"name\":\"{}\"}}", "a".repeat(64)).into_bytes(),
+            400,
+            Some("name"),
+        ),
+        (
+            "name wrong type",
+            url.clone(),
+            br#"{"name":5}"#.to_vec(),
+            400,
+            Some("name"),
+        ),
+        (
+            "cpu too small",
+            url.clone(),
+            br#"{"name":"x","resources":{"cpu":0.25}}"#.to_vec(),
+            400,
+            Some("resources.cpu"),
+        ),
+        (
+            "cpu not a multiple",
+            url.clone(),
+            br#"{"name":"x","resources":{"cpu":1.3}}"#.to_vec(),
+            400,
+            Some("resources.cpu"),
+        ),
+        (
+            "cpu too big",
+            url.clone(),
+            br#"{"name":"x","resources":{"cpu":9}}"#.to_vec(),
+            400,
+            Some("resources.cpu"),
+        ),
+        (
+            "memory zero",
+            url.clone(),
+            br#"{"name":"x","resources":{"memory_gb":0}}"#.to_vec(),
+            400,
+            Some("resources.memory_gb"),
+        ),
+        (
+            "memory 17",
+            url.clone(),
+            br#"{"name":"x","resources":{"memory_gb":17}}"#.to_vec(),
+            400,
+            Some("resources.memory_gb"),
+        ),
+        (
+            "memory fractional",
+            url.clone(),
+            br#"{"name":"x","resources":{"memory_gb":1.5}}"#.to_vec(),
+            400,
+            Some("resources.memory_gb"),
+        ),
+        (
+            "disk not multiple of 10",
+            url.clone(),
+            br#"{"name":"x","resources":{"disk_gb":15}}"#.to_vec(),
+            400,
+            Some("resources.disk_gb"),
+        ),
+        (
+            "disk too big",
+            url.clone(),
+            br#"{"name":"x","resources":{"disk_gb":110}}"#.to_vec(),
+            400,
+            Some("resources.disk_gb"),
+        ),
+        (
+            "unknown resource",
+            url.clone(),
+            br#"{"name":"x","resources":{"gpus":1}}"#.to_vec(),
+            400,
+            Some("resources.gpus"),
+        ),
+        (
+            "unknown template",
+            url.clone(),
+            br#"{"name":"x","sandbox_template_id":"sb-nope"}"#.to_vec(),
+            400,
+            Some("sandbox_template_id"),
+        ),
+        (
+            "template bad pattern",
+            url.clone(),
+            br#"{"name":"x","sandbox_template_id":"ubuntu"}"#.to_vec(),
+            400,
+            Some("sandbox_template_id"),
+        ),
+        (
+            "env not a list",
+            url.clone(),
+            br#"{"name":"x","env":{"A":"1"}}"#.to_vec(),
+            400,
+            Some("env"),
+        ),
+        (
+            "env bad name",
+            url.clone(),
+            br#"{"name":"x","env":[{"name":"1A","value":"v"}]}"#.to_vec(),
+            400,
+            Some("env[0].name"),
+        ),
+        (
+            "from_snapshot not uuid",
+            url.clone(),
+            br#"{"name":"x","from_snapshot":"abc"}"#.to_vec(),
+            400,
+            Some("from_snapshot"),
+        ),
+        (
+            "egress unknown field",
+            url.clone(),
+            br#"{"name":"x","egress":{"mode":"deny_all","extra":1}}"#.to_vec(),
+            400,
+            Some("egress.extra"),
+        ),
+        (
+            "egress bad mode",
+            url.clone(),
+            br#"{"name":"x","egress":{"mode":"open"}}"#.to_vec(),
+            400,
+            Some("egress.mode"),
+        ),
+        (
+            "egress bad host",
+            url.clone(),
+            br#"{"name":"x","egress":{"mode":"allow_list","allow":[{"host":"not a host"}]}}"#
+                .to_vec(),
+            400,
+            Some("egress.allow[0].host"),
+        ),
+        (
+            "wrong region",
+            url.clone(),
+            br#"{"name":"x","region":"mars-1"}"#.to_vec(),
+            400,
+            Some("region"),
+        ),
+        ("huge body", url.clone(), big.into_bytes(), 413, None),
+    ];
+    assert!(cases.len() >= 20);
+    for (what, u, body, status, field) in &cases {
+        let r = call_raw(Some(&d.key), "POST", u, body);
+        assert_eq!(r.status, *status, "{what}: {}", r.raw);
+        assert!(
+            r.body["error"].is_string() && r.body["code"].is_string(),
+            "{what}: not the error shape: {}",
+            r.raw
+        );
+        if let Some(f) = field {
+            assert_eq!(r.body["field"].as_str(), Some(*f), "{what}: {}", r.raw);
+        }
+    }
+    let get_cases: Vec<(String, u16)> = vec![
+        (format!("{url}?page=0"), 400),
+        (format!("{url}?limit=101"), 400),
+        (format!("{url}?limit=abc"), 400),
+        (format!("{url}/not_a_uuid!"), 400),
+        (format!("{url}/6f1c2e1e-0000-4000-8000-000000000000"), 404),
+        (format!("{}/api/v1beta1/nope", d.url), 404),
+        (
+            format!("{}/api/v1beta1/sandbox-templates/sb-nope", d.url),
+            404,
+        ),
+    ];
+    for (u, status) in &get_cases {
+        let r = call(&d.key, "GET", u, None);
+        assert_eq!(r.status, *status, "{u}: {}", r.raw);
+        assert!(r.body["error"].is_string(), "{u}: {}", r.raw);
+    }
+    let r = call(&d.key, "PUT", &url, None);
+    assert_eq!(r.status, 405);
+    // Duplicate names conflict; the daemon is still healthy after all of the above.
+    d.create(json!({"name": "dup", "sandbox_template_id": "sb-busybox"}));
+    let r = call(
+        &d.key,
+        "POST",
+        &url,
+        Some(json!({"name": "dup", "sandbox_template_id": "sb-busybox"})),
+    );
+    assert_eq!((r.status, r.body["code"].as_str()), (409, Some("conflict")));
+    // Data-plane input errors come in the data-plane shape.
+    let r = dp(
+        &d.url,
+        &d.key,
+        "not-a-uuid",
+        "/v1/exec",
+        json!({"command": "true"}),
+    );
+    assert_eq!(
+        (r.status, r.body["reason_code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let r = dp(
+        &d.url,
+        &d.key,
+        "6f1c2e1e-0000-4000-8000-000000000000",
+        "/v1/exec",
+        json!({"command": "true"}),
+    );
+    assert_eq!(
+        (r.status, r.body["reason_code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
+#[test]
+fn sigkill_restart_readopts_running_sandboxes_and_leaks_nothing() {
+    let mut d = Daemon::start();
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            d.create(json!({"name": format!("s{i}"), "sandbox_template_id": "sb-busybox"}))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // A process started before the crash keeps running across it.
+    let (exit, _, _) = d.exec(&ids[0], "echo before > /tmp/mark", &[]);
+    assert_eq!(exit["exit_code"], 0);
+    d.kill9();
+    d.spawn();
+    let list = call(&d.key, "GET", &d.sandboxes_url("default", "default"), None);
+    assert_eq!(list.body["total"], 3, "{}", list.raw);
+    for sb in list.body["items"].as_array().unwrap() {
+        assert_eq!(sb["phase"], "Ready", "{sb}");
+        let id = sb["id"].as_str().unwrap();
+        let (exit, out, _) = exec_as(&d.url, &d.key, id, "echo alive", &[]);
+        assert_eq!(
+            (exit["exit_code"].as_i64(), out.as_str()),
+            (Some(0), "alive\n")
+        );
+    }
+    let (_, out, _) = d.exec(&ids[0], "cat /tmp/mark", &[]);
+    assert_eq!(out, "before\n");
+
+    // A sandbox that dies while the daemon is down is reported, and its host objects freed.
+    d.kill9();
+    let short: String = ids[2].chars().filter(|c| *c != '-').take(12).collect();
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/sandboxd/{short}/cgroup.procs"))
+            .unwrap();
+    for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) on a pid read from the sandbox's cgroup.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    d.spawn();
+    let dead = call(
+        &d.key,
+        "GET",
+        &format!("{}/{}", d.sandboxes_url("default", "default"), ids[2]),
+        None,
+    );
+    assert_eq!(dead.body["phase"], "NotReady", "{}", dead.raw);
+    assert!(dead.body["status_message"]
+        .as_str()
+        .unwrap()
+        .contains("stopped"));
+    assert_eq!(d.host_objects(&[&ids[2]]), Vec::<String>::new());
+    for id in &ids {
+        assert_eq!(d.delete(id).status, 204);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(d.host_objects(&refs), Vec::<String>::new());
+}
+
+#[test]
+fn templates_are_listed_and_keepalive_timeout_audit_work() {
+    let d = Daemon::start();
+    let t = call(
+        &d.key,
+        "GET",
+        &format!("{}/api/v1beta1/sandbox-templates", d.url),
+        None,
+    );
+    let ids: Vec<&str> = t.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"sb-busybox") && ids.contains(&"sb-debian-12-python"),
+        "{ids:?}"
+    );
+    assert!(t.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["status"] == "active"));
+    let sb = d.create(json!({"name": "k", "sandbox_template_id": "sb-busybox"}));
+    let id = sb["id"].as_str().unwrap();
+    let base = format!("{}/{id}", d.sandboxes_url("default", "default"));
+    assert_eq!(
+        call(&d.key, "POST", &format!("{base}/keepalive"), None).status,
+        200
+    );
+    let r = call(
+        &d.key,
+        "PUT",
+        &format!("{base}/timeout"),
+        Some(json!({"idle_timeout_seconds": 600})),
+    );
+    assert_eq!(r.body["idle_timeout_seconds"], 600);
+    d.exec(id, "true", &[]);
+    let a = call(&d.key, "GET", &format!("{base}/audit"), None);
+    let recs = a.body["records"].as_array().unwrap();
+    assert!(
+        recs.iter()
+            .any(|r| r["tool"] == "exec" && r["outcome"] == "success"),
+        "{}",
+        a.raw
+    );
+    // The name works in place of the id, as the SDK allows.
+    assert_eq!(
+        call(
+            &d.key,
+            "GET",
+            &format!("{}/k", d.sandboxes_url("default", "default")),
+            None
+        )
+        .body["id"],
+        id
+    );
+}
