@@ -172,7 +172,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let public_url = a.public_url.unwrap_or_else(|| format!("http://{local}"));
     let app = sandboxd_api::router(AppState {
-        engine,
+        engine: engine.clone(),
         public_url: public_url.clone(),
     });
     info!(%local, %public_url, "sandboxd listening");
@@ -190,6 +190,6 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             warn!("shutting down; sandboxes keep running and are re-adopted at next start");
         })
         .await?;
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    engine.close();
     Ok(())
 }

@@ -58,7 +58,7 @@ fn both_templates_run_code_read_write_files_and_delete_cleanly() {
     assert_eq!(r.into_string().unwrap(), "made-inside\n");
     let upper = d
         .data_dir
-        .join("sandboxes")
+        .join("vol")
         .join(deb_id)
         .join("upper/workspace/inside.txt");
     assert_eq!(std::fs::read_to_string(upper).unwrap(), "made-inside\n");

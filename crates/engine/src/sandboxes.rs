@@ -365,6 +365,13 @@ impl Engine {
         Ok(agent_client::open(agent_addr(net), &req).await?)
     }
 
+    /// At shutdown: releases node resources if no sandbox is left.
+    pub fn close(&self) {
+        if let Err(e) = self.runtime.close_if_idle() {
+            warn!(error = %e, "could not release the volume");
+        }
+    }
+
     /// Whether the sandbox is (still) running, per the engine's record.
     pub fn is_running(&self, id: SandboxId) -> bool {
         matches!(self.meta.get_sandbox(id), Ok(Some(sb)) if sb.state.expects_container())

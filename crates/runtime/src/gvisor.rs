@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::overlay::{self, Layout};
 use crate::sys::run;
+use crate::volume::Volume;
 use crate::{cgroup, netns, oci, ContainerStatus, Runtime, RuntimeError, SandboxSpec, Usage};
 
 #[derive(Debug, Clone)]
@@ -30,6 +31,7 @@ pub struct GvisorConfig {
 
 pub struct Gvisor {
     cfg: GvisorConfig,
+    volume: Volume,
 }
 
 /// The 12-hex-char name host objects of sandbox `id` carry.
@@ -49,12 +51,14 @@ impl Gvisor {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
         }
-        Ok(Gvisor { cfg })
+        let volume = Volume::open(&cfg.data_dir)?;
+        Ok(Gvisor { cfg, volume })
     }
 
     fn layout(&self, id: &str) -> Layout {
         Layout {
             dir: self.cfg.data_dir.join("sandboxes").join(id),
+            layer: self.volume.subvolume(id),
         }
     }
 
@@ -71,7 +75,8 @@ impl Gvisor {
         cmd.arg(format!("--root={}", self.state_root().display()))
             .arg(format!("--platform={}", self.cfg.platform))
             .arg("--network=sandbox")
-            .arg("--overlay2=none");
+            .arg("--overlay2=none")
+            .arg("--net-disconnect-ok");
         let root = CString::new("/").expect("static string");
         let target = CString::new("/proc/sys/net/core").expect("static string");
         let fstype = CString::new("tmpfs").expect("static string");
@@ -181,7 +186,10 @@ impl Runtime for Gvisor {
         }
         let layout = self.layout(&spec.id);
         let t0 = std::time::Instant::now();
-        let result = overlay::mount_rootfs(&layout, &spec.template_rootfs)
+        let result = self
+            .volume
+            .create(&spec.id, spec.resources.disk_bytes())
+            .and_then(|_| overlay::mount_rootfs(&layout, &spec.template_rootfs))
             .and_then(|()| {
                 debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "rootfs mounted");
                 netns::create(&short, spec.net)
@@ -221,6 +229,7 @@ impl Runtime for Gvisor {
         overlay::unmount_rootfs(&layout)?;
         netns::destroy(&short)?;
         cgroup::remove(&oci::cgroup_path(&short));
+        self.volume.delete(id)?;
         if layout.dir.exists() {
             std::fs::remove_dir_all(&layout.dir).map_err(RuntimeError::io("remove sandbox dir"))?;
         }
@@ -251,6 +260,13 @@ impl Runtime for Gvisor {
     /// Only this data dir's sandboxes are swept: a sandbox's directory is made before any
     /// other host object and removed after all of them, so it marks everything it owns (other
     /// daemons on the same host keep theirs).
+    fn close_if_idle(&self) -> Result<(), RuntimeError> {
+        if self.volume.ids().is_empty() {
+            self.volume.close()?;
+        }
+        Ok(())
+    }
+
     fn alive(&self, id: &str) -> bool {
         cgroup::pids(&oci::cgroup_path(&short_of(id))) > 0
     }
@@ -264,7 +280,13 @@ impl Runtime for Gvisor {
                     .collect()
             })
             .unwrap_or_default();
-        for id in dirs {
+        let mut all = dirs;
+        for id in self.volume.ids() {
+            if !all.contains(&id) {
+                all.push(id);
+            }
+        }
+        for id in all {
             if !keep.contains(&id) {
                 self.destroy(&id, None)?;
                 removed.push(id);

@@ -10,6 +10,7 @@ pub mod netns;
 mod oci;
 mod overlay;
 mod sys;
+pub mod volume;
 
 use std::path::PathBuf;
 
@@ -92,4 +93,6 @@ pub trait Runtime: Send + Sync {
     /// none of the sandboxes in `keep`; returns what it removed. Used after a crash.
     fn sweep(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError>;
     fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
+    /// Releases node-wide resources (the volume) if no sandbox uses them any more.
+    fn close_if_idle(&self) -> Result<(), RuntimeError>;
 }

@@ -7,16 +7,19 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::RuntimeError;
 
+/// Where one sandbox's pieces live: `dir` (rootfs mountpoint, bundle, logs) in the data dir,
+/// `layer` (overlay upper and work dirs) in its subvolume on the btrfs volume.
 pub(crate) struct Layout {
     pub dir: PathBuf,
+    pub layer: PathBuf,
 }
 
 impl Layout {
     pub fn upper(&self) -> PathBuf {
-        self.dir.join("upper")
+        self.layer.join("upper")
     }
     pub fn work(&self) -> PathBuf {
-        self.dir.join("work")
+        self.layer.join("work")
     }
     pub fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")

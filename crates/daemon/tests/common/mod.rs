@@ -207,6 +207,7 @@ impl Daemon {
                 format!("/sys/fs/cgroup/pids/sandboxd/{short}"),
                 format!("/sys/class/net/s-{short}"),
                 format!("{dd}/sandboxes/{id}"),
+                format!("{dd}/vol/{id}"),
             ] {
                 if Path::new(&p).exists() {
                     found.push(p);

@@ -1,0 +1,39 @@
+//! The btrfs volume on a real loop device (needs root): quotas bite, subvolumes come and go.
+
+use std::io::Write;
+
+use sandboxd_runtime::volume::Volume;
+
+#[test]
+fn subvolume_quota_stops_writes_at_the_limit() {
+    let dir = std::env::temp_dir().join(format!("sandboxd-volume-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vol = Volume::open(&dir).unwrap();
+    let layer = vol.create("sb1", 16 << 20).unwrap();
+    assert!(layer.join("upper").is_dir() && layer.join("work").is_dir());
+
+    let mut f = std::fs::File::create(layer.join("upper/big")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0usize;
+    let err = loop {
+        match f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            Ok(()) => written += chunk.len(),
+            Err(e) => break e,
+        }
+        assert!(written <= 64 << 20, "quota never enforced");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc_edquot()), "{err}");
+    assert!(written >= 8 << 20 && written <= 16 << 20, "stopped at {written}");
+    drop(f);
+
+    assert_eq!(vol.ids(), ["sb1"]);
+    vol.delete("sb1").unwrap();
+    vol.delete("sb1").unwrap();
+    assert!(vol.ids().is_empty());
+    vol.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn libc_edquot() -> i32 {
+    122
+}
