@@ -132,6 +132,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         None => default_agent()?,
     };
     sandboxd_runtime::netns::install_host_firewall().context("install host firewall")?;
+    sandboxd_runtime::reaper::start().context("become the subreaper of sandbox processes")?;
     let runtime = Arc::new(Gvisor::new(GvisorConfig {
         data_dir: data_dir.clone(),
         agent_binary: std::fs::canonicalize(agent)?,

@@ -9,6 +9,7 @@ pub mod gvisor;
 pub mod netns;
 mod oci;
 mod overlay;
+pub mod reaper;
 mod sys;
 pub mod volume;
 

@@ -23,7 +23,10 @@ fn subvolume_quota_stops_writes_at_the_limit() {
         assert!(written <= 64 << 20, "quota never enforced");
     };
     assert_eq!(err.raw_os_error(), Some(libc_edquot()), "{err}");
-    assert!(written >= 8 << 20 && written <= 16 << 20, "stopped at {written}");
+    assert!(
+        written >= 8 << 20 && written <= 16 << 20,
+        "stopped at {written}"
+    );
     drop(f);
 
     assert_eq!(vol.ids(), ["sb1"]);

@@ -1,0 +1,242 @@
+//! The daemon under test: a `sandboxd serve` child on 127.0.0.1:0 with its own data dir, and
+//! the HTTP calls the bench times (create, exec, delete). It remembers every sandbox it created
+//! so that [`Daemon::shutdown`] can delete them, even after an error.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use super::procs;
+
+pub struct DaemonOpts<'a> {
+    pub data_dir: &'a Path,
+    pub templates_dir: &'a Path,
+    pub agent_binary: &'a Path,
+    pub runsc: &'a Path,
+    pub subnet_octet: u8,
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    url: String,
+    key: String,
+    http: ureq::Agent,
+    /// Sandboxes created and not (known to be) deleted yet.
+    live: BTreeSet<String>,
+}
+
+/// The 12-hex-char name a sandbox's host objects carry (netns `sbx-<short>`, cgroup).
+pub fn short_of(id: &str) -> String {
+    id.chars().filter(|c| *c != '-').take(12).collect()
+}
+
+impl Daemon {
+    pub fn start(o: &DaemonOpts) -> anyhow::Result<Daemon> {
+        std::fs::create_dir_all(o.data_dir)?;
+        let log_path = o.data_dir.join("daemon.log");
+        let log = std::fs::File::create(&log_path)?;
+        let exe = std::env::current_exe().context("current_exe")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg(format!("--data-dir={}", o.data_dir.display()))
+            .arg(format!("--templates-dir={}", o.templates_dir.display()))
+            .arg(format!("--agent-binary={}", o.agent_binary.display()))
+            .arg(format!("--runsc={}", o.runsc.display()))
+            .arg(format!("--subnet-octet={}", o.subnet_octet))
+            .arg("--no-template-build")
+            .env_remove("SANDBOXD_ADMIN_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = procs::spawn(&mut cmd)?;
+        let stdout = child.stdout.take().context("daemon stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            data_dir: o.data_dir.to_path_buf(),
+            url: String::new(),
+            key: String::new(),
+            http: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(120))
+                .build(),
+            live: BTreeSet::new(),
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => d.url = format!("http://{addr}"),
+            Err(_) => {
+                d.stop();
+                bail!("the daemon did not start; log:\n{}", d.log_tail(40));
+            }
+        }
+        d.key = std::fs::read_to_string(o.data_dir.join("admin.key"))
+            .context("read admin.key")?
+            .trim()
+            .to_string();
+        Ok(d)
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.data_dir.join("daemon.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn sandboxes_url(&self) -> String {
+        format!(
+            "{}/api/v1beta1/orgs/default/projects/default/sandboxes",
+            self.url
+        )
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.key)
+    }
+
+    /// POST create; returns the sandbox id once the 201 (phase Ready) has been read.
+    pub fn create(&mut self, name: &str, template: &str) -> anyhow::Result<String> {
+        let r = self
+            .http
+            .post(&self.sandboxes_url())
+            .set("Authorization", &self.auth())
+            .send_json(json!({"name": name, "sandbox_template_id": template}));
+        let (status, body) = read_json(r)?;
+        if let Some(id) = body["id"].as_str() {
+            self.live.insert(id.to_string());
+        }
+        if status != 201 || body["phase"] != "Ready" {
+            bail!("create {name}: HTTP {status}: {body}");
+        }
+        Ok(body["id"].as_str().context("create: no id")?.to_string())
+    }
+
+    /// Runs `/bin/true x` (argv form, no shell) through the data plane. Returns the instant
+    /// the exit frame arrived; fails unless it says exit code 0.
+    pub fn exec_true(&self, id: &str) -> anyhow::Result<Instant> {
+        let r = self
+            .http
+            .post(&format!("{}/v1/exec", self.url))
+            .set("Authorization", &self.auth())
+            .set("X-Sandbox-Id", id)
+            .send_json(json!({"command": "/bin/true", "args": ["x"]}));
+        let resp = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(s, r)) => {
+                bail!("exec: HTTP {s}: {}", r.into_string().unwrap_or_default())
+            }
+            Err(e) => bail!("exec: {e}"),
+        };
+        let mut reader = BufReader::new(resp.into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("exec: stream ended without an exit frame");
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line.trim())
+                .with_context(|| format!("exec frame {line:?}"))?;
+            if v["type"] == "exit" {
+                let at = Instant::now();
+                if v["exit_code"] != 0 {
+                    bail!("exec: {v}");
+                }
+                // Drain the rest so the connection goes back to the pool.
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                return Ok(at);
+            }
+            if v["type"] == "error" {
+                bail!("exec: {v}");
+            }
+        }
+    }
+
+    /// DELETE; returns how long the call took (until the 204).
+    pub fn delete(&mut self, id: &str) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let r = self
+            .http
+            .delete(&format!("{}/{id}", self.sandboxes_url()))
+            .set("Authorization", &self.auth())
+            .call();
+        let (status, body) = read_json(r)?;
+        let took = t.elapsed();
+        if status == 204 || status == 404 {
+            self.live.remove(id);
+        }
+        if status != 204 {
+            bail!("delete {id}: HTTP {status}: {body}");
+        }
+        Ok(took)
+    }
+
+    fn list_ids(&self) -> Vec<String> {
+        let r = self
+            .http
+            .get(&format!("{}?limit=100", self.sandboxes_url()))
+            .set("Authorization", &self.auth())
+            .call();
+        match read_json(r) {
+            Ok((200, body)) => body["items"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s["id"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Deletes every sandbox this daemon holds (the ones we know of and any the list shows),
+    /// then stops the daemon. Returns the ids it could not delete.
+    pub fn shutdown(&mut self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if self.child.is_some() && !self.url.is_empty() {
+            let mut ids: BTreeSet<String> = self.live.clone();
+            ids.extend(self.list_ids());
+            for id in ids {
+                if let Err(e) = self.delete(&id) {
+                    eprintln!("bench: cleanup: {e:#}");
+                    failed.push(id);
+                }
+            }
+        }
+        self.stop();
+        failed
+    }
+
+    fn stop(&mut self) {
+        if let Some(c) = self.child.take() {
+            procs::terminate(&c, Duration::from_secs(15));
+        }
+    }
+}
+
+fn read_json(r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<(u16, Value)> {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return Err(anyhow::anyhow!("HTTP transport: {e}")),
+    };
+    let status = resp.status();
+    let mut raw = String::new();
+    resp.into_reader().read_to_string(&mut raw)?;
+    Ok((status, serde_json::from_str(&raw).unwrap_or(Value::String(raw))))
+}
