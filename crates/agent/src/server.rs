@@ -134,16 +134,16 @@ impl Agent {
         }
     }
 
-    fn start(self: &Arc<Self>, spec: StartSpec) -> Result<ProcInfo, Reply> {
+    fn start(self: &Arc<Self>, spec: StartSpec) -> Result<ProcInfo, StartError> {
         if spec.argv.is_empty() || spec.argv[0].is_empty() {
-            return Err(Reply::error("invalid", "argv must not be empty"));
+            return Err(StartError::new("invalid", "argv must not be empty"));
         }
         let cwd = match &spec.cwd {
             Some(c) if !c.is_empty() => c.clone(),
             _ => default_cwd(),
         };
         if !Path::new(&cwd).is_dir() {
-            return Err(Reply::error(
+            return Err(StartError::new(
                 "not_found",
                 format!("working directory {cwd} does not exist"),
             ));
@@ -156,12 +156,12 @@ impl Agent {
             .or_else(|| std::env::var("PATH").ok())
             .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
         let program = resolve(&spec.argv[0], &path_var, &cwd).ok_or_else(|| {
-            Reply::error("not_found", format!("{}: command not found", spec.argv[0]))
+            StartError::new("not_found", format!("{}: command not found", spec.argv[0]))
         })?;
         let stdin_data = match &spec.stdin_data {
             Some(d) => Some(
                 B64.decode(d)
-                    .map_err(|_| Reply::error("invalid", "stdin_data is not base64"))?,
+                    .map_err(|_| StartError::new("invalid", "stdin_data is not base64"))?,
             ),
             None => None,
         };
@@ -183,7 +183,7 @@ impl Agent {
         let mut table = self.lock();
         let mut child = cmd
             .spawn()
-            .map_err(|e| Reply::error("invalid", format!("cannot start {}: {e}", spec.argv[0])))?;
+            .map_err(|e| StartError::new("invalid", format!("cannot start {}: {e}", spec.argv[0])))?;
         table.next_pid += 1;
         let pid = table.next_pid;
         let os_pid = child.id() as i32;
@@ -320,7 +320,7 @@ impl Agent {
     fn exec(self: &Arc<Self>, spec: StartSpec, timeout_ms: Option<u64>) -> Reply {
         let info = match self.start(spec) {
             Ok(i) => i,
-            Err(e) => return e,
+            Err(e) => return e.into(),
         };
         let deadline = timeout_ms.map(|t| Instant::now() + Duration::from_millis(t));
         let finished = self.wait_finished(info.pid, deadline);
@@ -483,7 +483,7 @@ impl Agent {
             },
             Request::Start(spec) => match self.start(spec) {
                 Ok(i) => Reply::Started(i),
-                Err(e) => e,
+                Err(e) => e.into(),
             },
             Request::Exec { spec, timeout_ms } => self.exec(spec, timeout_ms),
             Request::Get { pid } => match self.info(pid) {
@@ -586,6 +586,25 @@ impl Agent {
             p.stdin = None;
         }
         Reply::Ok
+    }
+}
+
+/// Why a process could not be started; becomes a `Reply::Error`.
+#[derive(Debug)]
+struct StartError {
+    code: &'static str,
+    message: String,
+}
+
+impl StartError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        StartError { code, message: message.into() }
+    }
+}
+
+impl From<StartError> for Reply {
+    fn from(e: StartError) -> Reply {
+        Reply::error(e.code, e.message)
     }
 }
 

@@ -24,7 +24,7 @@ fn subvolume_quota_stops_writes_at_the_limit() {
     };
     assert_eq!(err.raw_os_error(), Some(libc_edquot()), "{err}");
     assert!(
-        written >= 8 << 20 && written <= 16 << 20,
+        (8 << 20..=16 << 20).contains(&written),
         "stopped at {written}"
     );
     drop(f);

@@ -238,5 +238,8 @@ fn read_json(r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<(u16, Val
     let status = resp.status();
     let mut raw = String::new();
     resp.into_reader().read_to_string(&mut raw)?;
-    Ok((status, serde_json::from_str(&raw).unwrap_or(Value::String(raw))))
+    Ok((
+        status,
+        serde_json::from_str(&raw).unwrap_or(Value::String(raw)),
+    ))
 }

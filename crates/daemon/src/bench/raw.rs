@@ -20,7 +20,6 @@ pub struct Raw {
     /// runsc `--root` for the baseline containers.
     root: PathBuf,
     dir: PathBuf,
-    template: PathBuf,
     /// cgroup parent (relative to each v1 controller), e.g. `sandboxd-bench-1234`.
     pub cg_parent: String,
     spec: Value,
@@ -59,7 +58,6 @@ impl Raw {
             runsc: runsc.to_path_buf(),
             root,
             dir: dir.to_path_buf(),
-            template: template.to_path_buf(),
             cg_parent: format!("sandboxd-bench-{}", std::process::id()),
             spec,
             errlog,
@@ -152,10 +150,6 @@ impl Raw {
             }
         }
         failed
-    }
-
-    pub fn template(&self) -> &Path {
-        &self.template
     }
 }
 
