@@ -16,6 +16,8 @@ Environment overrides:
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import os
 import queue
 import re
@@ -38,6 +40,7 @@ SANDBOXD = Path(os.environ.get("SANDBOXD_BIN", REPO / "target" / "release" / "sa
 TEMPLATES_DIR = os.environ.get("SANDBOXD_TEMPLATES_DIR", "/var/lib/sandboxd/templates")
 SUBNET_OCTET = os.environ.get("SDK_TEST_SUBNET_OCTET", "211")
 START_TIMEOUT_S = 30.0
+TEST_TIMEOUT_S = int(os.environ.get("SDK_TEST_TIMEOUT", "90"))
 STOP_TIMEOUT_S = 30.0
 
 ORG = "default"
@@ -185,8 +188,40 @@ def _stop_process(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+class SdkTestTimeout(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _per_test_guard():
+    """Per-test wall-clock limit, and garbage collection only between tests.
+
+    neevai's exec/follow generators keep an httpx streaming response open inside
+    `with client.stream(...)`. When an exception (e.g. DeadlineExceededError from an
+    exec error frame) leaves such a generator suspended and a reference cycle (a
+    stored traceback, pytest.raises' ExceptionInfo) keeps it alive, the cyclic GC may
+    finalize it in the middle of a later request on the same httpx pool; closing the
+    response then re-acquires httpcore's non-reentrant pool lock that request holds,
+    and the process deadlocks. Automatic GC is therefore off for the session and run
+    here, between tests, where no request is in flight.
+    """
+    def on_alarm(signum, frame):
+        faulthandler.dump_traceback(all_threads=True)
+        raise SdkTestTimeout(f"test exceeded {TEST_TIMEOUT_S}s (SDK_TEST_TIMEOUT)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def sandboxd():
+    gc.disable()  # see _per_test_guard
     daemon = _start_daemon()
     saved = {k: os.environ.get(k) for k in
              ("NEEV_API_KEY", "NEEV_ORG_ID", "NEEV_PROJECT_ID", "NEEV_BASE_URL")}
@@ -214,6 +249,7 @@ def sandboxd():
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            gc.enable()
             if os.environ.get("SDK_TEST_KEEP_DATA"):
                 print(f"\n[sdk-tests] kept data dir {daemon.data_dir}")
             else:

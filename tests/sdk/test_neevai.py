@@ -105,7 +105,7 @@ def test_follow_streams_live_output(busybox):
 
 
 def test_follow_from_cursor_replays_tail(busybox):
-    proc = busybox.processes.start(["sh", "-c", "echo a; echo b >&2; echo c"])
+    proc = busybox.processes.start(["sh", "-c", "echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c"])
     assert proc.wait().exit_code == 0
     events = list(proc.follow(cursor=1))
     assert events == [
@@ -178,7 +178,7 @@ def test_processes_kill_all(make_sandbox):
 
 
 def test_process_logs_poll_mode(busybox):
-    p = busybox.processes.start(["sh", "-c", "echo a; echo b >&2; echo c"])
+    p = busybox.processes.start(["sh", "-c", "echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c"])
     p.wait()
     page = p.logs()
     assert [(e.stream, e.data) for e in page.entries] == [

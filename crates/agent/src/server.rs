@@ -181,9 +181,9 @@ impl Agent {
             .process_group(0);
 
         let mut table = self.lock();
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| StartError::new("invalid", format!("cannot start {}: {e}", spec.argv[0])))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            StartError::new("invalid", format!("cannot start {}: {e}", spec.argv[0]))
+        })?;
         table.next_pid += 1;
         let pid = table.next_pid;
         let os_pid = child.id() as i32;
@@ -598,7 +598,10 @@ struct StartError {
 
 impl StartError {
     fn new(code: &'static str, message: impl Into<String>) -> Self {
-        StartError { code, message: message.into() }
+        StartError {
+            code,
+            message: message.into(),
+        }
     }
 }
 

@@ -552,3 +552,111 @@ fn templates_are_listed_and_keepalive_timeout_audit_work() {
         id
     );
 }
+
+/// A Python process counting in memory: `n` lives only in the process, a file mirrors it.
+const COUNTER: &str = "import time\nn = 0\nwhile True:\n    n += 1\n    open('/workspace/n', 'w').write(str(n))\n    time.sleep(0.05)\n";
+
+fn start_counter(d: &Daemon, id: &str) {
+    let r = dp(
+        &d.url,
+        &d.key,
+        id,
+        "/v1/processes/start",
+        json!({"program": "python3", "args": ["-c", COUNTER]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+}
+
+fn read_counter(d: &Daemon, id: &str) -> u64 {
+    let (_, out, err) = d.exec(id, "cat /workspace/n", &[]);
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("counter: {out:?} {err:?}"))
+}
+
+#[test]
+fn pause_with_memory_resumes_processes_and_without_keeps_only_files() {
+    let d = Daemon::start();
+    let sb = d.create(json!({"name": "p", "sandbox_template_id": "sb-debian-12-python"}));
+    let id = sb["id"].as_str().unwrap();
+    let base = format!("{}/{id}", d.sandboxes_url("default", "default"));
+    start_counter(&d, id);
+    std::thread::sleep(Duration::from_millis(600));
+    let before = read_counter(&d, id);
+    assert!(before > 0);
+
+    let p = call(&d.key, "POST", &format!("{base}/pause"), Some(json!({})));
+    assert_eq!(
+        (
+            p.status,
+            p.body["phase"].as_str(),
+            p.body["replicas"].as_i64()
+        ),
+        (200, Some("Paused"), Some(0)),
+        "{}",
+        p.raw
+    );
+    assert!(p.body["connect_url"].is_null());
+    // Nothing runs while paused: no container, no memory held, and exec is refused.
+    let short: String = id.chars().filter(|c| *c != '-').take(12).collect();
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/sandboxd/{short}")).exists());
+    let r = dp(&d.url, &d.key, id, "/v1/exec", json!({"command": "true"}));
+    assert_eq!(
+        (r.status, r.body["reason_code"].as_str()),
+        (409, Some("failed_precondition"))
+    );
+    let again = call(&d.key, "POST", &format!("{base}/pause"), None);
+    assert_eq!(again.status, 409);
+    let paused_at = read_file_on_host(&d, id);
+
+    let r = call(&d.key, "POST", &format!("{base}/resume"), None);
+    assert_eq!(
+        (r.status, r.body["phase"].as_str()),
+        (200, Some("Ready")),
+        "{}",
+        r.raw
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let after = read_counter(&d, id);
+    // The process came back with its memory: it continues from where it was, not from 1.
+    assert!(
+        after > paused_at,
+        "counter went from {paused_at} to {after}"
+    );
+    assert!(
+        after < paused_at + 200,
+        "counter restarted? {paused_at} -> {after}"
+    );
+
+    // Without memory: the files stay, the process does not.
+    let p = call(
+        &d.key,
+        "POST",
+        &format!("{base}/pause"),
+        Some(json!({"preserve_memory": false})),
+    );
+    assert_eq!(p.status, 200, "{}", p.raw);
+    let r = call(&d.key, "POST", &format!("{base}/resume"), None);
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let frozen = read_counter(&d, id);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        read_counter(&d, id),
+        frozen,
+        "no counter process after a cold resume"
+    );
+    let list = dp(&d.url, &d.key, id, "/v1/processes/list", json!({}));
+    let procs = list.body["processes"].as_array().unwrap();
+    assert!(
+        procs
+            .iter()
+            .all(|p| p["name"] != "python3" && p["state"] == "exited"),
+        "{}",
+        list.raw
+    );
+}
+
+fn read_file_on_host(d: &Daemon, id: &str) -> u64 {
+    let p = d.data_dir.join("vol").join(id).join("upper/workspace/n");
+    std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+}

@@ -183,6 +183,7 @@ impl Engine {
             updated_at: now,
             timeout_secs: req.timeout_secs,
             last_activity_at: now,
+            paused_image: None,
         };
         tracing::Span::current().record("sandbox_id", sb.id.to_string());
         self.meta.insert_sandbox(&mut sb)?;
@@ -266,10 +267,131 @@ impl Engine {
             self.save(&mut sb)?;
             return Err(e);
         }
+        if let Some(img) = &sb.paused_image {
+            let _ = std::fs::remove_dir_all(img);
+        }
         self.meta.delete_sandbox(id)?;
         self.audit.forget(id);
         info!("sandbox deleted");
         Ok(())
+    }
+
+    fn template_of(&self, sb: &Sandbox) -> Result<&'static Template, EngineError> {
+        self.templates.lookup(&sb.template_id).ok_or_else(|| {
+            CoreError::Internal(format!("template {} is gone", sb.template_id)).into()
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn sandboxd_runtime::Runtime) -> Result<T, sandboxd_runtime::RuntimeError>
+            + Send
+            + 'static,
+    ) -> Result<T, EngineError> {
+        let rt = self.runtime.clone();
+        Ok(tokio::task::spawn_blocking(move || f(rt.as_ref()))
+            .await
+            .map_err(|_| CoreError::Internal("runtime task panicked".into()))??)
+    }
+
+    /// Pauses a running sandbox: with `preserve_memory` its processes and memory are saved and
+    /// come back on resume; without, only its files are kept. Either way it then holds no
+    /// memory or processes (`Paused`, replicas 0).
+    #[instrument(skip_all, fields(sandbox_id = %id))]
+    pub async fn pause_sandbox(
+        &self,
+        tenant: &Tenant,
+        id: SandboxId,
+        preserve_memory: bool,
+    ) -> Result<Sandbox, EngineError> {
+        let mut sb = self.load(tenant, id)?;
+        sb.state.check(Op::Pause)?;
+        let _busy = self.begin(id)?;
+        sb.state = SandboxState::Pausing;
+        self.save(&mut sb)?;
+        let (_, image) = self.runtime.capture_paths(&format!("pause-{id}"));
+        let image_arg = preserve_memory.then(|| image.clone());
+        let sid = id.to_string();
+        let result = self
+            .blocking(move |rt| rt.capture(&sid, image_arg.as_deref(), None, false))
+            .await;
+        match result {
+            Ok(stats) => {
+                info!(
+                    paused_ms = stats.paused_ms,
+                    checkpoint_ms = stats.checkpoint_ms,
+                    preserve_memory,
+                    "sandbox paused"
+                );
+                sb.state = SandboxState::Paused;
+                sb.paused_image = preserve_memory.then(|| image.display().to_string());
+                sb.status_message = None;
+                self.save(&mut sb)?;
+                Ok(sb)
+            }
+            Err(e) => {
+                warn!(error = %e, detail = ?e, "pause failed; sandbox left running");
+                sb.state = SandboxState::Running;
+                sb.status_message = Some("pause failed; the sandbox kept running".into());
+                self.save(&mut sb)?;
+                Err(CoreError::Internal("pause failed; the sandbox kept running".into()).into())
+            }
+        }
+    }
+
+    /// Resumes a paused sandbox: from its saved memory if it was paused with it, else a fresh
+    /// boot on its saved files.
+    #[instrument(skip_all, fields(sandbox_id = %id))]
+    pub async fn resume_sandbox(
+        &self,
+        tenant: &Tenant,
+        id: SandboxId,
+    ) -> Result<Sandbox, EngineError> {
+        let mut sb = self.load(tenant, id)?;
+        sb.state.check(Op::Resume)?;
+        let _busy = self.begin(id)?;
+        let template = self.template_of(&sb)?;
+        let spec = self.spec(&sb, template)?;
+        sb.state = SandboxState::Resuming;
+        self.save(&mut sb)?;
+        let image = sb.paused_image.clone().map(std::path::PathBuf::from);
+        let image_arg = image.clone();
+        let rspec = spec.clone();
+        let started = Instant::now();
+        let mut result = self
+            .blocking(move |rt| rt.resume(&rspec, image_arg.as_deref()))
+            .await;
+        if result.is_ok()
+            && !agent_client::wait_ready(agent_addr(spec.net), self.cfg.agent_ready_timeout).await
+        {
+            result =
+                Err(sandboxd_runtime::RuntimeError::NotReady("agent did not answer".into()).into());
+        }
+        match result {
+            Ok(()) => {
+                info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    from_memory = image.is_some(),
+                    "sandbox resumed"
+                );
+                if let Some(img) = &image {
+                    let _ = std::fs::remove_dir_all(img);
+                }
+                sb.paused_image = None;
+                sb.state = SandboxState::Running;
+                sb.status_message = None;
+                sb.last_activity_at = Utc::now();
+                self.save(&mut sb)?;
+                Ok(sb)
+            }
+            Err(e) => {
+                warn!(error = %e, detail = ?e, "resume failed; sandbox stays paused");
+                sb.state = SandboxState::Paused;
+                sb.status_message = Some("resume failed; the sandbox is still paused".into());
+                self.save(&mut sb)?;
+                Err(CoreError::Internal("resume failed; the sandbox is still paused".into()).into())
+            }
+        }
     }
 
     /// Records activity (keepalive); returns the updated record.

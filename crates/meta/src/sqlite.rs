@@ -295,6 +295,7 @@ mod tests {
             updated_at: now,
             timeout_secs: None,
             last_activity_at: now,
+            paused_image: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use sandboxd_core::NetSlot;
 use tracing::{debug, warn};
@@ -17,7 +18,9 @@ use tracing::{debug, warn};
 use crate::overlay::{self, Layout};
 use crate::sys::run;
 use crate::volume::Volume;
-use crate::{cgroup, netns, oci, ContainerStatus, Runtime, RuntimeError, SandboxSpec, Usage};
+use crate::{
+    cgroup, netns, oci, CaptureStats, ContainerStatus, Runtime, RuntimeError, SandboxSpec, Usage,
+};
 
 #[derive(Debug, Clone)]
 pub struct GvisorConfig {
@@ -122,6 +125,16 @@ impl Gvisor {
         short: &str,
         layout: &Layout,
     ) -> Result<(), RuntimeError> {
+        self.write_bundle(spec, short, layout)?;
+        self.launch(spec, short, layout, None)
+    }
+
+    fn write_bundle(
+        &self,
+        spec: &SandboxSpec,
+        short: &str,
+        layout: &Layout,
+    ) -> Result<(), RuntimeError> {
         let rootfs = layout.rootfs();
         let agent_dir = rootfs.join(".sbx");
         if !agent_dir.join("agent").exists() {
@@ -142,11 +155,27 @@ impl Gvisor {
             serde_json::to_vec_pretty(&config).expect("json"),
         )
         .map_err(RuntimeError::io("write OCI config"))?;
+        Ok(())
+    }
+
+    /// `runsc run`, or `runsc restore` from `image` when given, detached.
+    fn launch(
+        &self,
+        spec: &SandboxSpec,
+        short: &str,
+        layout: &Layout,
+        image: Option<&Path>,
+    ) -> Result<(), RuntimeError> {
         let log_path = layout.dir.join("runsc.log");
         let log = File::create(&log_path).map_err(RuntimeError::io("create runsc log"))?;
         let (mut cmd, _ns) = self.runsc(short)?;
-        cmd.arg("run")
-            .arg("--detach")
+        match image {
+            Some(img) => cmd
+                .arg("restore")
+                .arg(format!("--image-path={}", img.display())),
+            None => cmd.arg("run"),
+        };
+        cmd.arg("--detach")
             .arg(format!("--bundle={}", layout.bundle().display()))
             .arg(&spec.id)
             .stdin(Stdio::null())
@@ -156,7 +185,12 @@ impl Gvisor {
         if !status.success() {
             let detail = std::fs::read_to_string(&log_path).unwrap_or_default();
             return Err(RuntimeError::Command {
-                what: "runsc run".into(),
+                what: if image.is_some() {
+                    "runsc restore"
+                } else {
+                    "runsc run"
+                }
+                .into(),
                 detail: detail
                     .trim()
                     .chars()
@@ -260,6 +294,121 @@ impl Runtime for Gvisor {
     /// Only this data dir's sandboxes are swept: a sandbox's directory is made before any
     /// other host object and removed after all of them, so it marks everything it owns (other
     /// daemons on the same host keep theirs).
+    fn capture(
+        &self,
+        id: &str,
+        image_dir: Option<&Path>,
+        layer_dest: Option<&Path>,
+        keep_running: bool,
+    ) -> Result<CaptureStats, RuntimeError> {
+        let short = short_of(id);
+        let t0 = Instant::now();
+        self.runsc_run("runsc pause", &short, &["pause", id])?;
+        let result = (|| {
+            let mut checkpoint_ms = 0;
+            if let Some(img) = image_dir {
+                let t = Instant::now();
+                let path = format!("--image-path={}", img.display());
+                let mut args = vec!["checkpoint", path.as_str()];
+                if keep_running {
+                    args.push("--leave-running");
+                }
+                args.push(id);
+                if let Err(e) = self.runsc_run("runsc checkpoint", &short, &args) {
+                    let _ = std::fs::remove_dir_all(img);
+                    return Err(e);
+                }
+                checkpoint_ms = t.elapsed().as_millis() as u64;
+            }
+            if let Some(dest) = layer_dest {
+                self.volume.capture(id, dest)?;
+            }
+            Ok(checkpoint_ms)
+        })();
+        let checkpoint_ms = match result {
+            Ok(ms) => ms,
+            Err(e) => {
+                // Leave the sandbox as it was: running.
+                let _ = self.runsc_run("runsc resume", &short, &["resume", id]);
+                return Err(e);
+            }
+        };
+        if keep_running {
+            self.runsc_run("runsc resume", &short, &["resume", id])?;
+        } else {
+            self.runsc_run("runsc delete", &short, &["delete", "--force", id])?;
+        }
+        Ok(CaptureStats {
+            paused_ms: t0.elapsed().as_millis() as u64,
+            checkpoint_ms,
+        })
+    }
+
+    fn resume(&self, spec: &SandboxSpec, image_dir: Option<&Path>) -> Result<(), RuntimeError> {
+        let short = short_of(&spec.id);
+        let layout = self.layout(&spec.id);
+        overlay::mount_rootfs(&layout, &spec.template_rootfs)?;
+        if !netns::exists(&short) {
+            netns::create(&short, spec.net)?;
+        } else {
+            // A container left from a failed attempt would block the id.
+            let _ = self.runsc_run("runsc delete", &short, &["delete", "--force", &spec.id]);
+            netns::readdress(&short, spec.net)?;
+        }
+        self.write_bundle(spec, &short, &layout)?;
+        self.launch(spec, &short, &layout, image_dir)
+    }
+
+    fn restore_new(
+        &self,
+        spec: &SandboxSpec,
+        layer_src: &Path,
+        image_dir: Option<&Path>,
+    ) -> Result<(), RuntimeError> {
+        let short = short_of(&spec.id);
+        let layout = self.layout(&spec.id);
+        let result = self
+            .volume
+            .clone_layer(layer_src, &spec.id, spec.resources.disk_bytes())
+            .and_then(|()| overlay::mount_rootfs(&layout, &spec.template_rootfs))
+            .and_then(|()| netns::create(&short, spec.net))
+            .and_then(|()| self.write_bundle(spec, &short, &layout))
+            .and_then(|()| self.launch(spec, &short, &layout, image_dir));
+        if let Err(e) = &result {
+            warn!(sandbox_id = %spec.id, error = %e, "restore failed; cleaning up");
+            let _ = self.destroy(&spec.id, Some(spec.net));
+        }
+        result
+    }
+
+    fn rollback(
+        &self,
+        spec: &SandboxSpec,
+        layer_src: &Path,
+        image_dir: Option<&Path>,
+    ) -> Result<(), RuntimeError> {
+        let short = short_of(&spec.id);
+        let layout = self.layout(&spec.id);
+        if netns::exists(&short) {
+            let _ = self.runsc_run("runsc delete", &short, &["delete", "--force", &spec.id]);
+        }
+        overlay::unmount_rootfs(&layout)?;
+        self.volume
+            .clone_layer(layer_src, &spec.id, spec.resources.disk_bytes())?;
+        self.resume(spec, image_dir)
+    }
+
+    fn capture_paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.volume.layer_path(name),
+            self.cfg.data_dir.join("images").join(name),
+        )
+    }
+
+    fn drop_layer(&self, layer: &Path) -> Result<(), RuntimeError> {
+        self.volume.delete_layer(layer)
+    }
+
     fn close_if_idle(&self) -> Result<(), RuntimeError> {
         if self.volume.ids().is_empty() {
             self.volume.close()?;

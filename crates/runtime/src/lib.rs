@@ -13,7 +13,7 @@ pub mod reaper;
 mod sys;
 pub mod volume;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sandboxd_core::{NetSlot, Resources};
 use thiserror::Error;
@@ -80,6 +80,15 @@ pub struct Usage {
     pub net_tx_bytes: u64,
 }
 
+/// Timings of a capture, for the snapshot record and the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// How long the sandbox's processes were frozen.
+    pub paused_ms: u64,
+    /// Of that, the gVisor checkpoint (0 without memory).
+    pub checkpoint_ms: u64,
+}
+
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
     /// Prepares the host side (rootfs, network, cgroups) and starts the sandbox's init (the
@@ -94,6 +103,41 @@ pub trait Runtime: Send + Sync {
     /// none of the sandboxes in `keep`; returns what it removed. Used after a crash.
     fn sweep(&self, keep: &[String]) -> Result<Vec<String>, RuntimeError>;
     fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
+    /// Freezes the sandbox, writes a memory checkpoint to `image_dir` (if given) and a
+    /// read-only copy of its writable layer to `layer_dest`, at one instant. With
+    /// `keep_running` the sandbox then continues; without, its container is stopped (its layer
+    /// and network stay, for `resume`). On failure a running sandbox is left running and no
+    /// partial image is left behind.
+    fn capture(
+        &self,
+        id: &str,
+        image_dir: Option<&Path>,
+        layer_dest: Option<&Path>,
+        keep_running: bool,
+    ) -> Result<CaptureStats, RuntimeError>;
+    /// Starts a sandbox again on its own layer and network: from `image_dir` (memory and
+    /// processes) if given, else a cold boot with its files.
+    fn resume(&self, spec: &SandboxSpec, image_dir: Option<&Path>) -> Result<(), RuntimeError>;
+    /// Creates sandbox `spec` from a captured layer (copy-on-write) and, if given, a memory
+    /// image. The new sandbox has its own id, network and cgroup.
+    fn restore_new(
+        &self,
+        spec: &SandboxSpec,
+        layer_src: &Path,
+        image_dir: Option<&Path>,
+    ) -> Result<(), RuntimeError>;
+    /// Replaces a sandbox's layer with a captured one and restarts it in place (same id and
+    /// network) from `image_dir` if given.
+    fn rollback(
+        &self,
+        spec: &SandboxSpec,
+        layer_src: &Path,
+        image_dir: Option<&Path>,
+    ) -> Result<(), RuntimeError>;
+    /// Where a capture named `name` keeps its layer (on the volume) and memory image.
+    fn capture_paths(&self, name: &str) -> (PathBuf, PathBuf);
+    /// Deletes a captured layer.
+    fn drop_layer(&self, layer: &Path) -> Result<(), RuntimeError>;
     /// Releases node-wide resources (the volume) if no sandbox uses them any more.
     fn close_if_idle(&self) -> Result<(), RuntimeError>;
 }

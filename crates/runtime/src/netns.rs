@@ -127,3 +127,22 @@ table inet sandboxd {
     )
     .map(|_| ())
 }
+
+/// Puts the sandbox side's address and default route back: runsc moves them into gVisor's
+/// netstack on every run or restore, so a restart in the same netns needs them again.
+pub(crate) fn readdress(short: &str, slot: NetSlot) -> Result<(), RuntimeError> {
+    let batch = format!(
+        "addr flush dev eth0\n\
+         addr add {sip}/30 dev eth0\n\
+         link set eth0 up\n\
+         route replace default via {hip}\n",
+        sip = slot.sandbox_ip(),
+        hip = slot.host_ip()
+    );
+    run(
+        "ip (readdress)",
+        Command::new("ip").args(["-n", &netns_name(short), "-batch", "-"]),
+        Some(&batch),
+    )
+    .map(|_| ())
+}

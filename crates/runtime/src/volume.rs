@@ -118,9 +118,60 @@ impl Volume {
             .map(|rd| {
                 rd.filter_map(Result::ok)
                     .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Where captured layers are kept: `<vol>/.layers/<name>`.
+    pub fn layer_path(&self, name: &str) -> PathBuf {
+        self.mountpoint.join(".layers").join(name)
+    }
+
+    /// A read-only snapshot of sandbox `id`'s subvolume at `dest` (copy-on-write, ~ms).
+    pub fn capture(&self, id: &str, dest: &Path) -> Result<(), RuntimeError> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(RuntimeError::io("create layers dir"))?;
+        }
+        run(
+            "btrfs subvolume snapshot",
+            Command::new("btrfs")
+                .args(["-q", "subvolume", "snapshot", "-r"])
+                .arg(self.subvolume(id))
+                .arg(dest),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// Makes sandbox `id`'s subvolume a writable copy of layer `src`, limited to `limit_bytes`.
+    /// An existing subvolume of `id` is replaced.
+    pub fn clone_layer(&self, src: &Path, id: &str, limit_bytes: u64) -> Result<(), RuntimeError> {
+        self.delete(id)?;
+        run(
+            "btrfs subvolume snapshot",
+            Command::new("btrfs")
+                .args(["-q", "subvolume", "snapshot"])
+                .arg(src)
+                .arg(self.subvolume(id)),
+            None,
+        )?;
+        self.limit(id, limit_bytes)
+    }
+
+    /// Deletes a captured layer. Idempotent.
+    pub fn delete_layer(&self, path: &Path) -> Result<(), RuntimeError> {
+        if path.exists() {
+            run(
+                "btrfs subvolume delete",
+                Command::new("btrfs")
+                    .args(["-q", "subvolume", "delete"])
+                    .arg(path),
+                None,
+            )?;
+        }
+        Ok(())
     }
 
     /// Unmounts the volume (the loop device goes with it).

@@ -34,6 +34,11 @@ pub fn routes() -> Router<AppState> {
             &format!("{P}/sandboxes/{{sandbox_id}}/keepalive"),
             post(keepalive),
         )
+        .route(&format!("{P}/sandboxes/{{sandbox_id}}/pause"), post(pause))
+        .route(
+            &format!("{P}/sandboxes/{{sandbox_id}}/resume"),
+            post(resume),
+        )
         .route(
             &format!("{P}/sandboxes/{{sandbox_id}}/timeout"),
             put(set_timeout),
@@ -294,6 +299,41 @@ async fn keepalive(
     let (_, t) = tenant(&st, &headers, &org, &project)?;
     let sb = sandbox_ref(&st, &t, &id)?;
     let sb = st.engine.keepalive(&t, sb.id)?;
+    Ok(Json(sandbox_view(&sb, &st.public_url)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseReq {
+    /// Keep processes and memory (default true); false keeps only the files.
+    preserve_memory: Option<bool>,
+}
+
+async fn pause(
+    State(st): State<AppState>,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
+    let req: PauseReq = parse_json(&bytes, true)?;
+    let sb = sandbox_ref(&st, &t, &id)?;
+    let sb = st
+        .engine
+        .pause_sandbox(&t, sb.id, req.preserve_memory.unwrap_or(true))
+        .await?;
+    Ok(Json(sandbox_view(&sb, &st.public_url)))
+}
+
+async fn resume(
+    State(st): State<AppState>,
+    Path((org, project, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let sb = sandbox_ref(&st, &t, &id)?;
+    let sb = st.engine.resume_sandbox(&t, sb.id).await?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 

@@ -52,6 +52,7 @@ impl Daemon {
             .arg(format!("--subnet-octet={}", o.subnet_octet))
             .arg("--no-template-build")
             .env_remove("SANDBOXD_ADMIN_KEY")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -124,10 +125,20 @@ impl Daemon {
     }
 
     /// Runs `/bin/true x` (argv form, no shell) through the data plane. Returns the instant
-    /// the exit frame arrived; fails unless it says exit code 0.
-    pub fn exec_true(&self, id: &str) -> anyhow::Result<Instant> {
-        let r = self
-            .http
+    /// the exit frame arrived; fails unless it says exit code 0. With `fresh`, the request
+    /// goes over a new TCP connection instead of the pooled keep-alive one.
+    pub fn exec_true(&self, id: &str, fresh: bool) -> anyhow::Result<Instant> {
+        let fresh_agent;
+        let http = if fresh {
+            fresh_agent = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(120))
+                .max_idle_connections(0)
+                .build();
+            &fresh_agent
+        } else {
+            &self.http
+        };
+        let r = http
             .post(&format!("{}/v1/exec", self.url))
             .set("Authorization", &self.auth())
             .set("X-Sandbox-Id", id)

@@ -1,8 +1,9 @@
 //! Child processes for the bench. One thread reaps every child (`waitpid(-1)`), so the bench
-//! can be a child subreaper: the `runsc-sandbox` and `runsc-gofer` processes that outlive
-//! `runsc run --detach` (the daemon's and the baseline's alike) are re-parented to it and reaped
-//! at once, as a prompt init would. Without that, on a host whose PID 1 reaps late,
-//! `runsc delete --force` waits for the reaping (1.3–1.9 s, see docs/runsc-recipe.md).
+//! can be a child subreaper: the `runsc-sandbox` and `runsc-gofer` processes that outlive the
+//! baseline's `runsc run --detach` are re-parented to it and reaped at once, as the daemon does
+//! for its own sandboxes (it is their subreaper, see crates/runtime/src/reaper.rs). Without
+//! that, on a host whose PID 1 reaps late, `runsc delete --force` waits for the reaping
+//! (1.3-1.9 s, see docs/runsc-recipe.md) and the baseline's delete would be measured slow.
 //!
 //! Because the reaper owns `waitpid`, children spawned here must be waited with [`wait`], never
 //! with `Child::wait`.

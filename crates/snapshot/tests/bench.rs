@@ -1,0 +1,60 @@
+//! Hand-run micro-benchmark:
+//! `cargo test -p sandboxd-snapshot --release --test bench -- --ignored --nocapture`
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use sandboxd_snapshot::{Manifest, SnapshotStore, TreeKind};
+
+/// put_tree of 100 MiB in 5,000 small files (fresh store, so every blob is written),
+/// then again (all deduplicated), then materialize.
+#[test]
+#[ignore = "benchmark; run by hand with --ignored --nocapture"]
+fn put_tree_100mib_5000_files() {
+    const FILES: usize = 5000;
+    const TOTAL: usize = 100 * 1024 * 1024;
+    let tmp = TempDir::new("bench");
+    let store = store(&tmp);
+    let src = tmp.path().join("src");
+    let data = pseudo_random(TOTAL + FILES, 42);
+    let per = TOTAL / FILES;
+    for i in 0..FILES {
+        // Distinct content per file: shift the window by one byte each time.
+        let path = src.join(format!("d{:02}/f{i:05}", i % 50));
+        write(&path, &data[i * per + i..(i + 1) * per + i]);
+    }
+
+    let t = Instant::now();
+    let layer = store.put_tree(TreeKind::Layer, &src).unwrap();
+    let cold = t.elapsed();
+    assert_eq!(count_blobs(&store), FILES);
+
+    let t = Instant::now();
+    store.put_tree(TreeKind::Layer, &src).unwrap();
+    let warm = t.elapsed();
+
+    let t = Instant::now();
+    store
+        .commit(&Manifest::new(
+            "bench",
+            "sb",
+            layer.clone(),
+            None,
+            serde_json::json!({}),
+        ))
+        .unwrap();
+    let commit = t.elapsed();
+
+    let t = Instant::now();
+    store.materialize(&layer, &tmp.path().join("out")).unwrap();
+    let restore = t.elapsed();
+
+    let mib = (FILES * per) as f64 / (1024.0 * 1024.0);
+    println!(
+        "put_tree {mib:.0} MiB / {FILES} files: cold {cold:?} ({:.0} MiB/s), \
+         dedup {warm:?}; commit {commit:?}; materialize {restore:?}",
+        mib / cold.as_secs_f64()
+    );
+}
