@@ -6,6 +6,7 @@
 pub mod error;
 pub mod resources;
 pub mod sandbox;
+pub mod snapshot;
 pub mod state;
 pub mod tenant;
 pub mod validate;
@@ -13,5 +14,6 @@ pub mod validate;
 pub use error::CoreError;
 pub use resources::Resources;
 pub use sandbox::{EnvVar, NetSlot, Sandbox, SandboxId};
+pub use snapshot::{Snapshot, SnapshotStatus};
 pub use state::SandboxState;
 pub use tenant::{Principal, Tenant};

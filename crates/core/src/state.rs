@@ -103,7 +103,8 @@ impl SandboxState {
     pub fn can(self, op: Op) -> bool {
         use SandboxState::*;
         match op {
-            Op::Exec | Op::Snapshot | Op::Pause => self == Running,
+            Op::Exec => matches!(self, Running | Snapshotting),
+            Op::Snapshot | Op::Pause => self == Running,
             Op::Resume | Op::Start => matches!(self, Paused | Stopped),
             Op::Stop => matches!(self, Running | Paused),
             Op::Delete => self != Deleting,

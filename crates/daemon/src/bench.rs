@@ -265,7 +265,7 @@ fn measure(
     // 2: exec round trip on one running sandbox.
     let execs = n * EXECS_PER_RUN;
     progress(&format!(
-        "exec round trip, {execs} execs per method (+2 warm-up)"
+        "exec round trip, {execs} execs per method (+2 warm-up rounds)"
     ));
     let d = ctx.daemon.as_mut().expect("daemon");
     let id = d.create("bench-exec", &ctx.template)?;

@@ -660,3 +660,160 @@ fn read_file_on_host(d: &Daemon, id: &str) -> u64 {
     let p = d.data_dir.join("vol").join(id).join("upper/workspace/n");
     std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
 }
+
+#[test]
+fn memory_snapshots_restore_as_new_fork_and_roll_back() {
+    let d = Daemon::start();
+    let sb = d.create(json!({"name": "origin", "sandbox_template_id": "sb-debian-12-python"}));
+    let id = sb["id"].as_str().unwrap();
+    let root = d.sandboxes_url("default", "default");
+    let p = format!("{}/api/v1beta1/orgs/default/projects/default", d.url);
+    start_counter(&d, id);
+    d.exec(id, "echo v1 > /workspace/file", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let s = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({"name": "snap-1", "include_memory": true})),
+    );
+    assert_eq!(
+        (s.status, s.body["status"].as_str()),
+        (202, Some("Ready")),
+        "{}",
+        s.raw
+    );
+    let snap_id = s.body["id"].as_str().unwrap().to_string();
+    assert!(s.body["size_bytes"].as_u64().unwrap() > 0);
+    let at_snapshot = read_file_on_host(&d, id);
+    // Names are unique per project.
+    let dup = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({"name": "snap-1"})),
+    );
+    assert_eq!(dup.status, 409, "{}", dup.raw);
+    let bad = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({"name": "Bad_Name"})),
+    );
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (400, Some("name"))
+    );
+
+    // Restore as a new sandbox: same memory (the count continues from the snapshot), new identity.
+    let r = call(
+        &d.key,
+        "POST",
+        &root,
+        Some(json!({"name": "restored", "from_snapshot": snap_id})),
+    );
+    assert_eq!(
+        (r.status, r.body["phase"].as_str()),
+        (201, Some("Ready")),
+        "{}",
+        r.raw
+    );
+    let rid = r.body["id"].as_str().unwrap().to_string();
+    assert_ne!(rid, id);
+    std::thread::sleep(Duration::from_millis(300));
+    let n = read_counter(&d, &rid);
+    assert!(
+        n > at_snapshot && n < at_snapshot + 100,
+        "restored counter {n}, snapshot at {at_snapshot}"
+    );
+    let (_, host, _) = d.exec(&rid, "hostname", &[]);
+    assert_eq!(host, "restored\n");
+
+    // Fork: both copies continue independently.
+    let f = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/fork"),
+        Some(json!({"name": "forked"})),
+    );
+    assert_eq!(f.status, 201, "{}", f.raw);
+    let fid = f.body["id"].as_str().unwrap().to_string();
+    d.exec(&fid, "echo fork-only > /workspace/file", &[]);
+    let (_, orig_file, _) = d.exec(id, "cat /workspace/file", &[]);
+    assert_eq!(orig_file, "v1\n");
+    let (a1, b1) = (read_counter(&d, id), read_counter(&d, &fid));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        read_counter(&d, id) > a1 && read_counter(&d, &fid) > b1,
+        "both keep counting"
+    );
+    let fork_twice = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/fork"),
+        Some(json!({"name": "forked"})),
+    );
+    assert_eq!(fork_twice.status, 409);
+
+    // In-place restore: back to the snapshot's files and count; id and name stay.
+    d.exec(id, "echo v2 > /workspace/file", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let rb = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/rollback"),
+        Some(json!({"snapshot_id": snap_id})),
+    );
+    assert_eq!(
+        (rb.status, rb.body["id"].as_str()),
+        (200, Some(id)),
+        "{}",
+        rb.raw
+    );
+    let (_, file, _) = d.exec(id, "cat /workspace/file", &[]);
+    assert_eq!(file, "v1\n");
+    let n = read_counter(&d, id);
+    assert!(
+        n < at_snapshot + 100,
+        "rolled back counter {n}, snapshot at {at_snapshot}"
+    );
+
+    // Listing and deletion: deleting the snapshot leaves sandboxes restored from it running.
+    let l = call(&d.key, "GET", &format!("{p}/snapshots"), None);
+    assert!(l.body["total"].as_u64().unwrap() >= 2, "{}", l.raw);
+    assert_eq!(
+        call(&d.key, "DELETE", &format!("{p}/snapshots/{snap_id}"), None).status,
+        204
+    );
+    assert_eq!(
+        call(&d.key, "GET", &format!("{p}/snapshots/{snap_id}"), None).status,
+        404
+    );
+    let again = call(
+        &d.key,
+        "POST",
+        &root,
+        Some(json!({"name": "too-late", "from_snapshot": snap_id})),
+    );
+    assert_eq!(again.status, 404);
+    assert!(read_counter(&d, &rid) > 0);
+    // A sandbox can be deleted without affecting its snapshots.
+    let keep = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({"name": "keep"})),
+    );
+    assert_eq!(keep.body["status"], "Ready");
+    assert_eq!(d.delete(id).status, 204);
+    let k = call(
+        &d.key,
+        "POST",
+        &root,
+        Some(json!({"name": "from-keep", "from_snapshot": keep.body["id"]})),
+    );
+    assert_eq!(k.status, 201, "{}", k.raw);
+    let (_, file, _) = d.exec(k.body["id"].as_str().unwrap(), "cat /workspace/file", &[]);
+    assert_eq!(file, "v1\n");
+}

@@ -8,6 +8,7 @@ pub mod agent_client;
 mod audit;
 pub mod keys;
 mod sandboxes;
+mod snapshots;
 pub mod templates;
 
 use std::collections::HashSet;
@@ -23,6 +24,7 @@ use thiserror::Error;
 pub use agent_client::AgentError;
 pub use audit::AuditRecord;
 pub use sandboxes::CreateSandbox;
+pub use snapshots::CreateSnapshot;
 pub use templates::{Template, TemplateStatus, Templates};
 
 #[derive(Debug, Error)]
@@ -82,6 +84,30 @@ pub struct Engine {
     pub templates: Templates,
     busy: Mutex<HashSet<SandboxId>>,
     audit: audit::AuditLog,
+    snapshot_locks: SnapshotLocks,
+}
+
+/// Restores of a snapshot hold it shared; deleting it waits for them.
+#[derive(Default)]
+pub(crate) struct SnapshotLocks {
+    map: Mutex<std::collections::HashMap<uuid::Uuid, Arc<tokio::sync::RwLock<()>>>>,
+}
+
+impl SnapshotLocks {
+    fn get(&self, id: uuid::Uuid) -> Arc<tokio::sync::RwLock<()>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+    pub async fn read(&self, id: uuid::Uuid) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.get(id).read_owned().await
+    }
+    pub async fn write(&self, id: uuid::Uuid) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.get(id).write_owned().await
+    }
 }
 
 /// Marks a sandbox busy with a lifecycle operation until dropped.
@@ -114,6 +140,7 @@ impl Engine {
             templates,
             busy: Mutex::new(HashSet::new()),
             audit: audit::AuditLog::default(),
+            snapshot_locks: SnapshotLocks::default(),
         }
     }
 

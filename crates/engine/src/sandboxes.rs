@@ -65,7 +65,7 @@ impl Engine {
         }
     }
 
-    fn save(&self, sb: &mut Sandbox) -> Result<(), EngineError> {
+    pub(crate) fn save(&self, sb: &mut Sandbox) -> Result<(), EngineError> {
         sb.updated_at = Utc::now();
         self.meta.update_sandbox(sb)?;
         Ok(())
@@ -116,7 +116,7 @@ impl Engine {
         Ok(self.meta.list_sandboxes(tenant, offset, limit)?)
     }
 
-    fn admit(&self, tenant: &Tenant, resources: &Resources) -> Result<(), EngineError> {
+    pub(crate) fn admit(&self, tenant: &Tenant, resources: &Resources) -> Result<(), EngineError> {
         let held = self.meta.count_sandboxes_in_org(&tenant.org)?;
         if held >= self.cfg.max_sandboxes_per_org {
             return Err(CoreError::QuotaExceeded(format!(
@@ -204,7 +204,11 @@ impl Engine {
         }
     }
 
-    fn spec(&self, sb: &Sandbox, template: &Template) -> Result<SandboxSpec, EngineError> {
+    pub(crate) fn spec(
+        &self,
+        sb: &Sandbox,
+        template: &Template,
+    ) -> Result<SandboxSpec, EngineError> {
         let net = sb
             .net
             .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
@@ -243,7 +247,7 @@ impl Engine {
         Ok(())
     }
 
-    async fn destroy_host(&self, sb: &Sandbox) -> Result<(), EngineError> {
+    pub(crate) async fn destroy_host(&self, sb: &Sandbox) -> Result<(), EngineError> {
         let rt = self.runtime.clone();
         let id = sb.id.to_string();
         let net = sb.net;
@@ -282,7 +286,7 @@ impl Engine {
         })
     }
 
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn sandboxd_runtime::Runtime) -> Result<T, sandboxd_runtime::RuntimeError>
             + Send
@@ -586,6 +590,7 @@ impl Engine {
                 self.save(&mut sb)?;
             }
         }
+        self.reconcile_snapshots().await?;
         let keep: Vec<String> = self
             .meta
             .all_sandboxes()?

@@ -6,7 +6,7 @@
 mod sqlite;
 
 use chrono::{DateTime, Utc};
-use sandboxd_core::{Sandbox, SandboxId, Tenant};
+use sandboxd_core::{Sandbox, SandboxId, Snapshot, Tenant};
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
@@ -63,4 +63,19 @@ pub trait MetaStore: Send + Sync {
     /// Every sandbox on the node, for reconciliation and sampling.
     fn all_sandboxes(&self) -> Result<Vec<Sandbox>, MetaError>;
     fn delete_sandbox(&self, id: SandboxId) -> Result<(), MetaError>;
+
+    /// Inserts a snapshot; a name already used in its tenant is a `Conflict`.
+    fn insert_snapshot(&self, snapshot: &Snapshot) -> Result<(), MetaError>;
+    fn update_snapshot(&self, snapshot: &Snapshot) -> Result<(), MetaError>;
+    fn get_snapshot(&self, id: uuid::Uuid) -> Result<Option<Snapshot>, MetaError>;
+    /// Snapshots of one tenant (of one sandbox if given), oldest first.
+    fn list_snapshots(
+        &self,
+        tenant: &Tenant,
+        sandbox: Option<SandboxId>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<Snapshot>, MetaError>;
+    fn all_snapshots(&self) -> Result<Vec<Snapshot>, MetaError>;
+    fn delete_snapshot(&self, id: uuid::Uuid) -> Result<(), MetaError>;
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sandboxd_core::{NetSlot, Sandbox, SandboxId, Tenant};
+use sandboxd_core::{NetSlot, Sandbox, SandboxId, Snapshot, Tenant};
 
 use crate::{KeyRecord, MetaError, MetaStore, Page};
 
@@ -29,6 +29,18 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (org, project, name)
      );
      CREATE INDEX sandboxes_tenant ON sandboxes (org, project, created_at);",
+    // 2: snapshots.
+    "CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        project TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        name TEXT,
+        created_at TEXT NOT NULL,
+        record TEXT NOT NULL,
+        UNIQUE (org, project, name)
+     );
+     CREATE INDEX snapshots_tenant ON snapshots (org, project, sandbox_id, created_at);",
 ];
 
 pub struct SqliteStore {
@@ -254,6 +266,107 @@ impl MetaStore for SqliteStore {
                 .map(|r| r.map_err(MetaError::from).and_then(decode))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+    }
+
+    fn insert_snapshot(&self, snap: &Snapshot) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO snapshots (id, org, project, sandbox_id, name, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    snap.id.to_string(),
+                    snap.tenant.org,
+                    snap.tenant.project,
+                    snap.sandbox_id.to_string(),
+                    snap.name,
+                    snap.created_at.to_rfc3339(),
+                    serde_json::to_string(snap).expect("snapshot serializes")
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    MetaError::Conflict(format!(
+                        "a snapshot named {} already exists in this project",
+                        snap.name.as_deref().unwrap_or_default()
+                    ))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    fn update_snapshot(&self, snap: &Snapshot) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE snapshots SET record = ?2 WHERE id = ?1",
+                params![
+                    snap.id.to_string(),
+                    serde_json::to_string(snap).expect("snapshot serializes")
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_snapshot(&self, id: uuid::Uuid) -> Result<Option<Snapshot>, MetaError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT record FROM snapshots WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(|s| serde_json::from_str(&s).map_err(MetaError::Corrupt))
+            .transpose()
+        })
+    }
+
+    fn list_snapshots(
+        &self,
+        tenant: &Tenant,
+        sandbox: Option<SandboxId>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<Snapshot>, MetaError> {
+        self.with(|c| {
+            let sid = sandbox.map(|s| s.to_string());
+            let total: u64 = c.query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE org = ?1 AND project = ?2 AND (?3 IS NULL OR sandbox_id = ?3)",
+                params![tenant.org, tenant.project, sid],
+                |r| r.get(0),
+            )?;
+            let mut stmt = c.prepare(
+                "SELECT record FROM snapshots WHERE org = ?1 AND project = ?2 AND (?3 IS NULL OR sandbox_id = ?3)
+                 ORDER BY created_at, id LIMIT ?4 OFFSET ?5",
+            )?;
+            let items = stmt
+                .query_map(params![tenant.org, tenant.project, sid, limit as i64, offset as i64], |r| r.get::<_, String>(0))?
+                .map(|r| r.map_err(MetaError::from).and_then(|s| serde_json::from_str(&s).map_err(MetaError::Corrupt)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page { items, total })
+        })
+    }
+
+    fn all_snapshots(&self) -> Result<Vec<Snapshot>, MetaError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT record FROM snapshots ORDER BY created_at")?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .map(|r| {
+                    r.map_err(MetaError::from)
+                        .and_then(|s| serde_json::from_str(&s).map_err(MetaError::Corrupt))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn delete_snapshot(&self, id: uuid::Uuid) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute("DELETE FROM snapshots WHERE id = ?1", [id.to_string()])?;
+            Ok(())
         })
     }
 

@@ -21,7 +21,7 @@
 //!   manifests/.tmp-<unique>    a manifest being committed (never read; removed by gc)
 //! ```
 //!
-//! **Blobs.** `<hash>` is the lowercase hex SHA-256 of the blob's bytes (64 chars). A
+//! **Blobs.** `<hash>` is the lowercase hex BLAKE3 of the blob's bytes (64 chars). A
 //! blob is written to a `.tmp-` name in its directory and renamed into place; an existing
 //! blob is not rewritten (its mtime is refreshed instead, see *GC* below). Every read
 //! checks the blob's length and hash; a mismatch is [`StoreError::Corrupt`].
@@ -41,10 +41,10 @@
 //!   "layer":  { "kind": "layer",  "entries": [ ... ] },
 //!   "memory": { "kind": "memory", "entries": [ ... ] } | null,
 //!   "metadata": <any JSON value>,
-//!   "checksum": "sha256:<hex>" }
+//!   "checksum": "blake3:<hex>" }
 //! ```
 //!
-//! `checksum` is the SHA-256 of the *canonical JSON* of the manifest without its
+//! `checksum` is the BLAKE3 of the *canonical JSON* of the manifest without its
 //! `checksum` key, where canonical JSON is the manifest as this crate serializes it, then
 //! written with object keys sorted by byte order, no insignificant whitespace, strings
 //! escaped as `serde_json` does and numbers in their shortest round-trip form. A reader
@@ -104,7 +104,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
-pub use hash::sha256_hex;
+pub use hash::blake3_hex;
 pub use local::LocalStore;
 pub use manifest::{
     validate_snapshot_id, Manifest, ManifestError, FORMAT_VERSION, MAGIC, MAX_MANIFEST_BYTES,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::hash::sha256_hex;
+use crate::hash::blake3_hex;
 use crate::tree::{TreeError, TreeKind, TreeRef};
 
 /// First field of every manifest.
@@ -13,7 +13,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Manifests larger than this are refused unread.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
-const CHECKSUM_PREFIX: &str = "sha256:";
+const CHECKSUM_PREFIX: &str = "blake3:";
 const MAX_ID_LEN: usize = 128;
 
 /// A committed snapshot: its identity, its trees and free-form metadata.
@@ -30,7 +30,7 @@ pub struct Manifest {
     pub memory: Option<TreeRef>,
     /// Template id, resources, env names, hostname, ... Never secrets.
     pub metadata: Value,
-    /// `sha256:<hex>` of the canonical JSON of everything else.
+    /// `blake3:<hex>` of the canonical JSON of everything else.
     pub checksum: String,
 }
 
@@ -121,7 +121,7 @@ impl Manifest {
         }
         let mut canonical = Vec::new();
         write_canonical(&value, &mut canonical);
-        format!("{CHECKSUM_PREFIX}{}", sha256_hex(&canonical))
+        format!("{CHECKSUM_PREFIX}{}", blake3_hex(&canonical))
     }
 
     /// Sets `checksum` from the current content.

@@ -1,6 +1,7 @@
 //! NeevCloud `v1beta1` control plane: sandboxes, templates, keepalive, timeout, audit.
 
 mod dto;
+mod snapshots;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -21,7 +22,7 @@ use crate::{principal, AppState};
 
 pub use dto::{sandbox_view, ts};
 
-const P: &str = "/api/v1beta1/orgs/{org_id}/projects/{project_id}";
+pub(crate) const P: &str = "/api/v1beta1/orgs/{org_id}/projects/{project_id}";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -44,6 +45,7 @@ pub fn routes() -> Router<AppState> {
             put(set_timeout),
         )
         .route(&format!("{P}/sandboxes/{{sandbox_id}}/audit"), get(audit))
+        .merge(snapshots::routes())
         .route("/api/v1beta1/sandbox-templates", get(templates))
         .route(
             "/api/v1beta1/sandbox-templates/{template_id}",
@@ -52,7 +54,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Authenticates and checks the caller may act in the path's org and project.
-fn tenant(
+pub(crate) fn tenant(
     st: &AppState,
     headers: &HeaderMap,
     org: &str,
@@ -64,7 +66,7 @@ fn tenant(
 }
 
 /// Parses `k=v&...` into pairs (percent-decoded).
-fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
     q.unwrap_or("")
         .split('&')
         .filter(|s| !s.is_empty())
@@ -134,13 +136,13 @@ fn query_str<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// Pagination per the spec: `page` ≥ 1, `limit` 1..=100 (default 20).
-fn paging(pairs: &[(String, String)]) -> Result<(u64, u64), ApiError> {
+pub(crate) fn paging(pairs: &[(String, String)]) -> Result<(u64, u64), ApiError> {
     let page = query_int(pairs, "page", 1, 1_000_000, 1)? as u64;
     let limit = query_int(pairs, "limit", 1, 100, 20)? as u64;
     Ok((page, limit))
 }
 
-fn page_json(items: Vec<Value>, total: u64, page: u64, limit: u64) -> Value {
+pub(crate) fn page_json(items: Vec<Value>, total: u64, page: u64, limit: u64) -> Value {
     json!({"items": items, "total": total, "page": page, "limit": limit})
 }
 
@@ -223,10 +225,26 @@ async fn create(
         ("restore", &req.restore),
     ] {
         if let Some(s) = snap {
-            if uuid::Uuid::parse_str(s).is_err() {
-                return Err(ApiError::invalid(field, "must be a UUID"));
+            let sid = snapshots::snapshot_id(field, s)?;
+            let snap = st.engine.get_snapshot(&t, sid)?;
+            if let Some(r) = &req.region {
+                if r != &snap.region {
+                    return Err(ApiError::invalid(
+                        "region",
+                        format!("must match the snapshot's region {}", snap.region),
+                    ));
+                }
             }
-            return Err(ApiError::not_found(format!("snapshot {s} not found")));
+            if req.resources.is_some() && resources != snap.resources {
+                return Err(ApiError::invalid(
+                    "resources",
+                    "must match the snapshot's sizing (omit it to reuse it)",
+                ));
+            }
+            let sb = st.engine.restore_as_new(&p, &t, sid, name).await?;
+            return Ok(
+                (StatusCode::CREATED, Json(sandbox_view(&sb, &st.public_url))).into_response(),
+            );
         }
     }
     let template = st
@@ -258,7 +276,11 @@ async fn create(
 }
 
 /// Resolves the `{sandbox_id}` path segment: a UUID, or a sandbox name as the SDK allows.
-fn sandbox_ref(st: &AppState, t: &Tenant, s: &str) -> Result<sandboxd_core::Sandbox, ApiError> {
+pub(crate) fn sandbox_ref(
+    st: &AppState,
+    t: &Tenant,
+    s: &str,
+) -> Result<sandboxd_core::Sandbox, ApiError> {
     if SandboxId::parse(s).is_none()
         && sandboxd_core::validate::dns1123_label("sandbox_id", s).is_err()
     {

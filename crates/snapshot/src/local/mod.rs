@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, info, info_span};
 
-use crate::hash::{is_valid_hash, sha256_hex};
+use crate::hash::{blake3_hex, is_valid_hash};
 use crate::manifest::{validate_snapshot_id, Manifest, ManifestError, MAX_MANIFEST_BYTES};
 use crate::sys;
 use crate::tree::{TreeKind, TreeRef};
@@ -137,7 +137,7 @@ impl LocalStore {
         file.take(len + 1)
             .read_to_end(buf)
             .map_err(StoreError::io("read", &path))?;
-        if buf.len() as u64 != len || sha256_hex(buf) != hash {
+        if buf.len() as u64 != len || blake3_hex(buf) != hash {
             return Err(StoreError::Corrupt {
                 hash: hash.to_owned(),
             });
@@ -403,5 +403,37 @@ impl SnapshotStore for LocalStore {
 
     fn list(&self) -> Result<Vec<String>, StoreError> {
         self.list_ids()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    #[test]
+    fn blobs_are_written_once_and_verified_on_read() {
+        let tmp = TempDir::new("blob");
+        let store = LocalStore::open(tmp.path()).unwrap();
+        let data = b"hello blob";
+        let hash = blake3_hex(data);
+        assert!(store.write_blob(&hash, data).unwrap());
+        assert!(!store.write_blob(&hash, data).unwrap());
+        let mut buf = Vec::new();
+        store.read_blob(&hash, data.len() as u64, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        let err = store.read_blob(&hash, 3, &mut buf).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+        assert_eq!(
+            store.blob_path(&hash),
+            tmp.path().join("blobs").join(&hash[..2]).join(&hash)
+        );
+    }
+
+    #[test]
+    fn temp_names_are_unique() {
+        let a = unique_suffix();
+        assert_ne!(a, unique_suffix());
+        assert!(a.starts_with(&std::process::id().to_string()));
     }
 }

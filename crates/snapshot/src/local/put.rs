@@ -1,25 +1,32 @@
 //! `put_tree`: walk a directory, store its content as blobs, describe it.
+//!
+//! Two phases: a single-threaded walk lists the tree (directories, symlinks, whiteouts
+//! and the paths of regular files), then a few workers read, hash and store the files,
+//! each read exactly once, chunk by chunk.
 
-use std::fs::{self, File, FileType, Metadata, OpenOptions};
+use std::fs::{self, FileType, Metadata, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use tracing::debug;
 
 use super::LocalStore;
-use crate::hash::sha256_hex;
+use crate::hash::blake3_hex;
 use crate::sys;
 use crate::tree::{Entry, EntryKind, TreeKind, TreeRef, CHUNK_SIZE, ROOT_PATH};
 use crate::StoreError;
 
-/// A walk in progress: the store, the tree kind and one reused chunk buffer.
-struct Walker<'a> {
-    store: &'a LocalStore,
-    kind: TreeKind,
-    buf: Vec<u8>,
-    entries: Vec<Entry>,
-    new_blobs: u64,
+/// Most worker threads one `put_tree` uses.
+const MAX_WORKERS: usize = 4;
+
+/// A regular file still to be stored: its entry's index, relative and absolute path.
+struct FileJob {
+    index: usize,
+    rel: String,
+    abs: PathBuf,
 }
 
 pub(super) fn put_tree(
@@ -33,18 +40,24 @@ pub(super) fn put_tree(
             path: src.to_owned(),
         });
     }
-    let mut w = Walker {
-        store,
-        kind,
-        buf: Vec::with_capacity(CHUNK_SIZE as usize),
-        entries: Vec::new(),
-        new_blobs: 0,
-    };
-    let root = w.dir_entry(ROOT_PATH.to_owned(), src, &meta)?;
-    w.entries.push(root);
+    let (mut entries, jobs) = walk(kind, src, &meta)?;
+    let new_blobs = store_files(store, &mut entries, jobs)?;
+    debug!(entries = entries.len(), new_blobs, "tree stored");
+    let tree = TreeRef { kind, entries };
+    tree.validate()?;
+    Ok(tree)
+}
 
-    // Depth first; a directory's entry is pushed when its parent is listed, before any
-    // of its children, which is the order `TreeRef::validate` requires.
+/// Lists the tree depth first. A directory's entry is pushed when its parent is listed,
+/// before any of its children, which is the order `TreeRef::validate` requires. File
+/// entries are placeholders filled in by [`store_files`].
+fn walk(
+    kind: TreeKind,
+    src: &Path,
+    root_meta: &Metadata,
+) -> Result<(Vec<Entry>, Vec<FileJob>), StoreError> {
+    let mut entries = vec![dir_entry(kind, ROOT_PATH.to_owned(), src, root_meta)?];
+    let mut jobs = Vec::new();
     let mut stack: Vec<(PathBuf, String)> = vec![(src.to_owned(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
         let mut children = Vec::new();
@@ -67,23 +80,38 @@ pub(super) fn put_tree(
             } else {
                 format!("{rel}/{name}")
             };
-            if w.add(&abs, &child_rel, ft)? {
+            // The listing's file type saves a stat per regular file; the worker takes the
+            // file's metadata from its open descriptor.
+            if ft.is_file() {
+                jobs.push(FileJob {
+                    index: entries.len(),
+                    rel: child_rel,
+                    abs,
+                });
+                // Replaced by the worker's result.
+                entries.push(Entry {
+                    path: String::new(),
+                    kind: EntryKind::File,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: 0,
+                    size: 0,
+                    chunks: Vec::new(),
+                    target: None,
+                    opaque: false,
+                });
+                continue;
+            }
+            let entry = other_entry(kind, child_rel.clone(), &abs, ft)?;
+            if entry.kind == EntryKind::Dir {
                 subdirs.push((abs, child_rel));
             }
+            entries.push(entry);
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    debug!(
-        entries = w.entries.len(),
-        new_blobs = w.new_blobs,
-        "tree stored"
-    );
-    let tree = TreeRef {
-        kind,
-        entries: w.entries,
-    };
-    tree.validate()?;
-    Ok(tree)
+    Ok((entries, jobs))
 }
 
 fn base_entry(path: String, kind: EntryKind, meta: &Metadata) -> Entry {
@@ -101,95 +129,161 @@ fn base_entry(path: String, kind: EntryKind, meta: &Metadata) -> Entry {
     }
 }
 
-impl Walker<'_> {
-    /// Records the object at `abs`; returns whether it is a directory to descend into.
-    /// `ft` comes from the directory listing (no extra stat); a file's metadata is read
-    /// from its open descriptor.
-    fn add(&mut self, abs: &Path, rel: &str, ft: FileType) -> Result<bool, StoreError> {
-        if ft.is_file() {
-            let entry = self.file_entry(rel.to_owned(), abs)?;
-            self.entries.push(entry);
-            return Ok(false);
-        }
-        let meta = fs::symlink_metadata(abs).map_err(StoreError::io("stat", abs))?;
-        let ft = meta.file_type();
-        let entry = if ft.is_file() {
-            // Replaced by a regular file since the listing.
-            self.file_entry(rel.to_owned(), abs)?
-        } else if ft.is_dir() {
-            self.dir_entry(rel.to_owned(), abs, &meta)?
-        } else if ft.is_symlink() {
-            let target = fs::read_link(abs).map_err(StoreError::io("readlink", abs))?;
-            let target =
-                target
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| StoreError::NonUtf8Path {
-                        path: abs.to_owned(),
-                    })?;
-            Entry {
-                target: Some(target),
-                ..base_entry(rel.to_owned(), EntryKind::Symlink, &meta)
-            }
-        } else if self.kind == TreeKind::Layer && sys::is_whiteout(&meta) {
-            base_entry(rel.to_owned(), EntryKind::Whiteout, &meta)
-        } else {
-            return Err(StoreError::UnsupportedFileType {
-                path: abs.to_owned(),
-                what: describe(&meta),
-            });
-        };
-        let is_dir = entry.kind == EntryKind::Dir;
-        self.entries.push(entry);
-        Ok(is_dir)
-    }
+fn dir_entry(
+    kind: TreeKind,
+    rel: String,
+    abs: &Path,
+    meta: &Metadata,
+) -> Result<Entry, StoreError> {
+    let opaque = kind == TreeKind::Layer
+        && sys::read_opaque(abs).map_err(StoreError::io("getxattr", abs))?;
+    Ok(Entry {
+        opaque,
+        ..base_entry(rel, EntryKind::Dir, meta)
+    })
+}
 
-    fn dir_entry(&self, rel: String, abs: &Path, meta: &Metadata) -> Result<Entry, StoreError> {
-        let opaque = self.kind == TreeKind::Layer
-            && sys::read_opaque(abs).map_err(StoreError::io("getxattr", abs))?;
+/// Anything but a regular file (as listed).
+fn other_entry(
+    kind: TreeKind,
+    rel: String,
+    abs: &Path,
+    listed: FileType,
+) -> Result<Entry, StoreError> {
+    let meta = fs::symlink_metadata(abs).map_err(StoreError::io("stat", abs))?;
+    let ft = meta.file_type();
+    if ft != listed {
+        return Err(StoreError::Io {
+            op: "walk",
+            path: abs.to_owned(),
+            source: std::io::Error::other("file changed type during the walk"),
+        });
+    }
+    if ft.is_dir() {
+        dir_entry(kind, rel, abs, &meta)
+    } else if ft.is_symlink() {
+        let target = fs::read_link(abs).map_err(StoreError::io("readlink", abs))?;
+        let target =
+            target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| StoreError::NonUtf8Path {
+                    path: abs.to_owned(),
+                })?;
         Ok(Entry {
-            opaque,
-            ..base_entry(rel, EntryKind::Dir, meta)
+            target: Some(target),
+            ..base_entry(rel, EntryKind::Symlink, &meta)
         })
-    }
-
-    /// Reads the file once, chunk by chunk, hashing and storing each chunk as it goes.
-    /// Metadata comes from the open descriptor, so it describes the content read.
-    fn file_entry(&mut self, rel: String, abs: &Path) -> Result<Entry, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(abs)
-            .map_err(StoreError::io("open", abs))?;
-        let meta = file.metadata().map_err(StoreError::io("stat", abs))?;
-        let mut entry = base_entry(rel, EntryKind::File, &meta);
-        let mut reader: File = file;
-        loop {
-            self.buf.clear();
-            (&mut reader)
-                .take(CHUNK_SIZE)
-                .read_to_end(&mut self.buf)
-                .map_err(StoreError::io("read", abs))?;
-            if self.buf.is_empty() {
-                break;
-            }
-            let hash = sha256_hex(&self.buf);
-            if self.store.write_blob(&hash, &self.buf)? {
-                self.new_blobs += 1;
-            }
-            entry.size += self.buf.len() as u64;
-            entry.chunks.push(hash);
-            if (self.buf.len() as u64) < CHUNK_SIZE {
-                break;
-            }
-        }
-        Ok(entry)
+    } else if kind == TreeKind::Layer && sys::is_whiteout(&meta) {
+        Ok(base_entry(rel, EntryKind::Whiteout, &meta))
+    } else {
+        Err(StoreError::UnsupportedFileType {
+            path: abs.to_owned(),
+            what: describe(ft),
+        })
     }
 }
 
-fn describe(meta: &Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
+/// Stores every file of `jobs` into its entry, with up to [`MAX_WORKERS`] threads.
+/// Returns the number of blobs newly written; stops at the first error.
+fn store_files(
+    store: &LocalStore,
+    entries: &mut [Entry],
+    jobs: Vec<FileJob>,
+) -> Result<u64, StoreError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_WORKERS)
+        .min(jobs.len());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let new_blobs = AtomicU64::new(0);
+    let first_error: Mutex<Option<StoreError>> = Mutex::new(None);
+    let done: Mutex<Vec<(usize, Entry)>> = Mutex::new(Vec::with_capacity(jobs.len()));
+
+    let work = || {
+        let mut buf = Vec::with_capacity(CHUNK_SIZE as usize);
+        let mut mine = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            match store_file(store, job.rel.clone(), &job.abs, &mut buf, &new_blobs) {
+                Ok(entry) => mine.push((job.index, entry)),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                }
+            }
+        }
+        done.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+    };
+    if workers <= 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(work);
+            }
+        });
+    }
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    for (index, entry) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        entries[index] = entry;
+    }
+    Ok(new_blobs.into_inner())
+}
+
+/// Reads the file once, chunk by chunk, hashing and storing each chunk as it goes.
+/// Metadata comes from the open descriptor, so it describes the content read.
+fn store_file(
+    store: &LocalStore,
+    rel: String,
+    abs: &Path,
+    buf: &mut Vec<u8>,
+    new_blobs: &AtomicU64,
+) -> Result<Entry, StoreError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(abs)
+        .map_err(StoreError::io("open", abs))?;
+    let meta = file.metadata().map_err(StoreError::io("stat", abs))?;
+    if !meta.is_file() {
+        return Err(StoreError::UnsupportedFileType {
+            path: abs.to_owned(),
+            what: describe(meta.file_type()),
+        });
+    }
+    let mut entry = base_entry(rel, EntryKind::File, &meta);
+    loop {
+        buf.clear();
+        (&mut file)
+            .take(CHUNK_SIZE)
+            .read_to_end(buf)
+            .map_err(StoreError::io("read", abs))?;
+        if buf.is_empty() {
+            break;
+        }
+        let hash = blake3_hex(buf);
+        if store.write_blob(&hash, buf)? {
+            new_blobs.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.size += buf.len() as u64;
+        entry.chunks.push(hash);
+        if (buf.len() as u64) < CHUNK_SIZE {
+            break;
+        }
+    }
+    Ok(entry)
+}
+
+fn describe(ft: FileType) -> &'static str {
     if ft.is_char_device() {
         "character device"
     } else if ft.is_block_device() {
@@ -198,6 +292,8 @@ fn describe(meta: &Metadata) -> &'static str {
         "fifo"
     } else if ft.is_socket() {
         "socket"
+    } else if ft.is_symlink() {
+        "symlink"
     } else {
         "unknown"
     }

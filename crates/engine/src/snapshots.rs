@@ -1,0 +1,425 @@
+//! Snapshots: capture (files + optional memory at one instant), restore into a new sandbox,
+//! fork, roll back in place, delete.
+//!
+//! A capture freezes the sandbox, writes the gVisor checkpoint (with memory) and a read-only
+//! btrfs snapshot of its layer, then lets it run on. The record goes `Pending → Running →
+//! Ready`; a failure (or a crash, found at restart) leaves it `Failed` and removes what was
+//! written, never a half-`Ready` snapshot.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::Utc;
+use sandboxd_agent::proto::Request;
+use sandboxd_core::state::Op;
+use sandboxd_core::{
+    CoreError, Principal, Sandbox, SandboxId, SandboxState, Snapshot, SnapshotStatus, Tenant,
+};
+use sandboxd_meta::Page;
+use tracing::{info, instrument, warn};
+use uuid::Uuid;
+
+use crate::{agent_addr, agent_client, Engine, EngineError};
+
+/// What a create-snapshot request asks for, validated.
+#[derive(Debug, Clone, Default)]
+pub struct CreateSnapshot {
+    pub name: Option<String>,
+    pub include_memory: bool,
+    pub retain_for: Option<chrono::Duration>,
+}
+
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.size();
+            }
+        }
+    }
+    total
+}
+
+impl Engine {
+    fn capture_paths(&self, snap: Uuid) -> (PathBuf, PathBuf) {
+        self.runtime.capture_paths(&format!("snap-{snap}"))
+    }
+
+    fn load_snapshot(&self, tenant: &Tenant, id: Uuid) -> Result<Snapshot, EngineError> {
+        match self.meta.get_snapshot(id)? {
+            Some(s) if &s.tenant == tenant => {
+                if s.expires_at.is_some_and(|t| t <= Utc::now()) {
+                    return Err(CoreError::not_found("snapshot", id.to_string()).into());
+                }
+                Ok(s)
+            }
+            _ => Err(CoreError::not_found("snapshot", id.to_string()).into()),
+        }
+    }
+
+    pub fn get_snapshot(&self, tenant: &Tenant, id: Uuid) -> Result<Snapshot, EngineError> {
+        self.load_snapshot(tenant, id)
+    }
+
+    pub fn list_snapshots(
+        &self,
+        tenant: &Tenant,
+        sandbox: Option<SandboxId>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Page<Snapshot>, EngineError> {
+        if let Some(id) = sandbox {
+            self.get_sandbox(tenant, id)?;
+        }
+        let mut page = self.meta.list_snapshots(tenant, sandbox, offset, limit)?;
+        let now = Utc::now();
+        page.items.retain(|s| s.expires_at.is_none_or(|t| t > now));
+        Ok(page)
+    }
+
+    /// Captures a snapshot of a running sandbox; returns the record once it is `Ready` or
+    /// `Failed`. One capture per sandbox at a time (409 otherwise).
+    #[instrument(skip_all, fields(sandbox_id = %sandbox_id))]
+    pub async fn create_snapshot(
+        &self,
+        principal: &Principal,
+        tenant: &Tenant,
+        sandbox_id: SandboxId,
+        req: CreateSnapshot,
+    ) -> Result<Snapshot, EngineError> {
+        let mut sb = self.get_sandbox(tenant, sandbox_id)?;
+        sb.state.check(Op::Snapshot)?;
+        let _busy = self.begin(sandbox_id)?;
+        self.capture_locked(principal, &mut sb, req).await
+    }
+
+    /// The capture itself; the caller holds the sandbox's busy mark.
+    async fn capture_locked(
+        &self,
+        principal: &Principal,
+        sb: &mut Sandbox,
+        req: CreateSnapshot,
+    ) -> Result<Snapshot, EngineError> {
+        let now = Utc::now();
+        let mut snap = Snapshot {
+            id: Uuid::new_v4(),
+            tenant: sb.tenant.clone(),
+            sandbox_id: sb.id,
+            name: req.name,
+            status: SnapshotStatus::Pending,
+            include_memory: req.include_memory,
+            error_message: None,
+            size_bytes: None,
+            paused_ms: None,
+            template_id: sb.template_id.clone(),
+            image: sb.image.clone(),
+            resources: sb.resources,
+            env: sb.env.clone(),
+            region: sb.region.clone(),
+            created_by: Some(principal.key_id.clone()),
+            created_at: now,
+            updated_at: now,
+            expires_at: req.retain_for.map(|d| now + d),
+        };
+        self.meta.insert_snapshot(&snap)?;
+        snap.status = SnapshotStatus::Running;
+        self.meta.update_snapshot(&snap)?;
+        sb.state = SandboxState::Snapshotting;
+        self.save(sb)?;
+
+        let (layer, image) = self.capture_paths(snap.id);
+        let image_arg = snap.include_memory.then(|| image.clone());
+        let (sid, layer_arg) = (sb.id.to_string(), layer.clone());
+        let result = self
+            .blocking(move |rt| rt.capture(&sid, image_arg.as_deref(), Some(&layer_arg), true))
+            .await;
+        sb.state = SandboxState::Running;
+        self.save(sb)?;
+        snap.updated_at = Utc::now();
+        match result {
+            Ok(stats) => {
+                snap.paused_ms = Some(stats.paused_ms);
+                snap.size_bytes = Some(
+                    dir_bytes(&layer.join("upper"))
+                        + if snap.include_memory {
+                            dir_bytes(&image)
+                        } else {
+                            0
+                        },
+                );
+                snap.status = SnapshotStatus::Ready;
+                self.meta.update_snapshot(&snap)?;
+                info!(snapshot_id = %snap.id, paused_ms = stats.paused_ms, checkpoint_ms = stats.checkpoint_ms, "snapshot ready");
+            }
+            Err(e) => {
+                warn!(snapshot_id = %snap.id, error = %e, detail = ?e, "snapshot failed");
+                self.discard_capture(snap.id).await;
+                snap.status = SnapshotStatus::Failed;
+                snap.error_message = Some("capture failed; the sandbox kept running".into());
+                self.meta.update_snapshot(&snap)?;
+            }
+        }
+        Ok(snap)
+    }
+
+    async fn discard_capture(&self, snap: Uuid) {
+        let (layer, image) = self.capture_paths(snap);
+        let _ = std::fs::remove_dir_all(&image);
+        let _ = self.blocking(move |rt| rt.drop_layer(&layer)).await;
+    }
+
+    /// Deletes a snapshot. Sandboxes restored from it are unaffected (their layers are
+    /// copy-on-write clones); a restore in flight is waited for.
+    pub async fn delete_snapshot(&self, tenant: &Tenant, id: Uuid) -> Result<(), EngineError> {
+        let snap = match self.meta.get_snapshot(id)? {
+            Some(s) if &s.tenant == tenant => s,
+            _ => return Err(CoreError::not_found("snapshot", id.to_string()).into()),
+        };
+        let _guard = self.snapshot_locks.write(snap.id).await;
+        self.discard_capture(snap.id).await;
+        self.meta.delete_snapshot(snap.id)?;
+        Ok(())
+    }
+
+    fn ready(&self, tenant: &Tenant, id: Uuid) -> Result<Snapshot, EngineError> {
+        let snap = self.load_snapshot(tenant, id)?;
+        if snap.status != SnapshotStatus::Ready {
+            return Err(CoreError::Conflict(format!(
+                "snapshot {id} is {}, only a Ready snapshot can be restored",
+                snap.status.as_str()
+            ))
+            .into());
+        }
+        Ok(snap)
+    }
+
+    /// Creates a new sandbox from a snapshot: its files, and its processes and memory if the
+    /// snapshot has them. The new sandbox gets a fresh id, hostname and address.
+    #[instrument(skip_all, fields(snapshot_id = %snapshot_id))]
+    pub async fn restore_as_new(
+        &self,
+        principal: &Principal,
+        tenant: &Tenant,
+        snapshot_id: Uuid,
+        name: String,
+    ) -> Result<Sandbox, EngineError> {
+        let snap = self.ready(tenant, snapshot_id)?;
+        let _guard = self.snapshot_locks.read(snap.id).await;
+        // Re-check under the lock: a delete may have won the race.
+        let snap = self.ready(tenant, snap.id)?;
+        let template = self.templates.lookup(&snap.template_id).ok_or_else(|| {
+            CoreError::Conflict(format!(
+                "template {} of this snapshot is not installed",
+                snap.template_id
+            ))
+        })?;
+        self.admit(tenant, &snap.resources)?;
+        let now = Utc::now();
+        let mut sb = Sandbox {
+            id: SandboxId::new(),
+            tenant: tenant.clone(),
+            name,
+            region: snap.region.clone(),
+            template_id: snap.template_id.clone(),
+            image: snap.image.clone(),
+            command: vec![],
+            env: snap.env.clone(),
+            resources: snap.resources,
+            state: SandboxState::Starting,
+            status_message: None,
+            net: None,
+            egress: None,
+            created_by: Some(principal.key_id.clone()),
+            created_at: now,
+            updated_at: now,
+            timeout_secs: None,
+            last_activity_at: now,
+            paused_image: None,
+        };
+        self.meta.insert_sandbox(&mut sb)?;
+        let _busy = self.begin(sb.id)?;
+        let spec = self.spec(&sb, template)?;
+        let (layer, image) = self.capture_paths(snap.id);
+        let image_arg = snap.include_memory.then_some(image);
+        let started = Instant::now();
+        let rspec = spec.clone();
+        let mut result = self
+            .blocking(move |rt| rt.restore_new(&rspec, &layer, image_arg.as_deref()))
+            .await;
+        if result.is_ok() {
+            result = self.after_start(&sb, snap.include_memory).await;
+        }
+        match result {
+            Ok(()) => {
+                sb.state = SandboxState::Running;
+                self.save(&mut sb)?;
+                info!(sandbox_id = %sb.id, ms = started.elapsed().as_millis() as u64, memory = snap.include_memory, "restored as new sandbox");
+                Ok(sb)
+            }
+            Err(e) => {
+                warn!(error = %e, detail = ?e, "restore failed");
+                let _ = self.destroy_host(&sb).await;
+                self.meta.delete_sandbox(sb.id)?;
+                Err(CoreError::Internal("restore from the snapshot failed".into()).into())
+            }
+        }
+    }
+
+    /// Waits for the agent; a sandbox restored from memory is told its new identity.
+    async fn after_start(&self, sb: &Sandbox, from_memory: bool) -> Result<(), EngineError> {
+        let net = sb
+            .net
+            .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
+        if !agent_client::wait_ready(agent_addr(net), self.cfg.agent_ready_timeout).await {
+            return Err(
+                sandboxd_runtime::RuntimeError::NotReady("agent did not answer".into()).into(),
+            );
+        }
+        if from_memory {
+            agent_client::call(
+                agent_addr(net),
+                &Request::Reidentify {
+                    hostname: sb.name.clone(),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Snapshots `source` (with memory) and starts a new sandbox `name` from it. The source
+    /// keeps running; the snapshot is kept as a Ready snapshot of the source.
+    pub async fn fork(
+        &self,
+        principal: &Principal,
+        tenant: &Tenant,
+        source: SandboxId,
+        name: String,
+    ) -> Result<Sandbox, EngineError> {
+        let mut sb = self.get_sandbox(tenant, source)?;
+        sb.state.check(Op::Snapshot)?;
+        if self
+            .meta
+            .list_sandboxes(tenant, 0, u64::MAX >> 1)?
+            .items
+            .iter()
+            .any(|s| s.name == name)
+        {
+            return Err(CoreError::Conflict(format!(
+                "a sandbox named {name} already exists in this project"
+            ))
+            .into());
+        }
+        let snap = {
+            let _busy = self.begin(source)?;
+            self.capture_locked(
+                principal,
+                &mut sb,
+                CreateSnapshot {
+                    name: None,
+                    include_memory: true,
+                    retain_for: None,
+                },
+            )
+            .await?
+        };
+        if snap.status != SnapshotStatus::Ready {
+            return Err(
+                CoreError::Internal("fork failed: could not snapshot the sandbox".into()).into(),
+            );
+        }
+        self.restore_as_new(principal, tenant, snap.id, name).await
+    }
+
+    /// Rolls a sandbox back to a snapshot of the same project: its files and (if captured)
+    /// processes are replaced; id, name and address stay.
+    #[instrument(skip_all, fields(sandbox_id = %id, snapshot_id = %snapshot_id))]
+    pub async fn rollback(
+        &self,
+        tenant: &Tenant,
+        id: SandboxId,
+        snapshot_id: Uuid,
+    ) -> Result<Sandbox, EngineError> {
+        let mut sb = self.get_sandbox(tenant, id)?;
+        if !matches!(
+            sb.state,
+            SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
+        ) {
+            return Err(CoreError::Conflict(format!(
+                "cannot restore a sandbox that is {}",
+                sb.state.as_str()
+            ))
+            .into());
+        }
+        let snap = self.ready(tenant, snapshot_id)?;
+        if snap.template_id != sb.template_id {
+            return Err(CoreError::invalid(
+                "snapshot_id",
+                "the snapshot was taken from a sandbox with another template",
+            )
+            .into());
+        }
+        let _guard = self.snapshot_locks.read(snap.id).await;
+        let _busy = self.begin(id)?;
+        let template = self
+            .templates
+            .lookup(&sb.template_id)
+            .ok_or_else(|| CoreError::Internal("template is gone".into()))?;
+        let spec = self.spec(&sb, template)?;
+        sb.state = SandboxState::Resuming;
+        self.save(&mut sb)?;
+        let (layer, image) = self.capture_paths(snap.id);
+        let image_arg = snap.include_memory.then_some(image);
+        let rspec = spec.clone();
+        let mut result = self
+            .blocking(move |rt| rt.rollback(&rspec, &layer, image_arg.as_deref()))
+            .await;
+        if result.is_ok() {
+            result = self.after_start(&sb, false).await;
+        }
+        if let Some(img) = sb.paused_image.take() {
+            let _ = std::fs::remove_dir_all(img);
+        }
+        match result {
+            Ok(()) => {
+                sb.state = SandboxState::Running;
+                sb.status_message = None;
+                self.save(&mut sb)?;
+                Ok(sb)
+            }
+            Err(e) => {
+                warn!(error = %e, detail = ?e, "rollback failed");
+                sb.state = SandboxState::Failed;
+                sb.status_message = Some("restore from the snapshot failed".into());
+                self.save(&mut sb)?;
+                Err(CoreError::Internal("restore from the snapshot failed".into()).into())
+            }
+        }
+    }
+
+    /// After a restart: captures that were in flight are `Failed` and their partial data gone.
+    pub(crate) async fn reconcile_snapshots(&self) -> Result<(), EngineError> {
+        for mut snap in self.meta.all_snapshots()? {
+            if matches!(
+                snap.status,
+                SnapshotStatus::Pending | SnapshotStatus::Running
+            ) {
+                self.discard_capture(snap.id).await;
+                snap.status = SnapshotStatus::Failed;
+                snap.error_message = Some("the daemon stopped during the capture".into());
+                snap.updated_at = Utc::now();
+                self.meta.update_snapshot(&snap)?;
+            }
+        }
+        Ok(())
+    }
+}
