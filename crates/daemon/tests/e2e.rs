@@ -196,7 +196,9 @@ fn malformed_requests_get_documented_errors_and_the_daemon_keeps_serving() {
     let d = Daemon::start();
     let url = d.sandboxes_url("default", "default");
     let big = format!("{{\"name\": \"{}\"}}", "a".repeat(2 * 1024 * 1024));
-    let cases: Vec<(&str, String, Vec<u8>, u16, Option<&str>)> = vec![
+    /// (what, url, body, expected status, expected field)
+    type Case<'a> = (&'a str, String, Vec<u8>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("bad json", url.clone(), b"{not json".to_vec(), 400, None),
         ("empty body", url.clone(), b"".to_vec(), 400, None),
         ("json array", url.clone(), b"[]".to_vec(), 400, None),
