@@ -725,3 +725,55 @@ def test_invalid_api_key_on_data_plane(client, busybox):
 def test_other_project_is_forbidden_or_missing(client):
     with pytest.raises((neevai.PermissionDeniedError, neevai.NotFoundError)):
         client.sandboxes.list(org_id=ORG, project_id="someone-elses-project")
+
+
+def test_snapshot_fork_rollback_restore_pause_resume(client, sandbox_factory):
+    """Issue 3 through the SDK: snapshot → Ready → fork → rollback → restore-as-new →
+    pause (with memory) → resume, checking files and a live process along the way."""
+    sb = sandbox_factory.create(DEBIAN)
+    assert sb.exec("echo v1 > /workspace/f").exit_code == 0
+
+    snap = sb.snapshot({"name": unique_name("snap")})
+    deadline = time.time() + 60
+    while True:
+        got = client.sandboxes.get_snapshot(snap.id)
+        if got.status == "Ready" or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert got.status == "Ready"
+    assert str(got.sandbox_id) == sb.id
+    assert any(str(s.id) == str(snap.id) for s in sb.snapshots())
+
+    forked = sandbox_factory.track(sb.fork(unique_name("fork")))
+    forked.wait_until_ready(timeout_ms=60_000, poll_interval_ms=100)
+    assert forked.id != sb.id
+    assert forked.exec("cat /workspace/f").stdout == "v1\n"
+
+    assert sb.exec("echo v2 > /workspace/f").exit_code == 0
+    sb.rollback(snap.id)
+    sb.wait_until_ready(timeout_ms=60_000, poll_interval_ms=100)
+    assert sb.exec("cat /workspace/f").stdout == "v1\n"
+
+    restored = sandbox_factory.track(
+        client.sandboxes.create({"name": unique_name("restored"), "restore": str(snap.id)})
+    )
+    restored.wait_until_ready(timeout_ms=60_000, poll_interval_ms=100)
+    assert restored.exec("cat /workspace/f").stdout == "v1\n"
+
+    counter = sb.processes.start(["python3", "-c",
+                                  "import time\nn=0\nwhile True:\n n+=1\n open('/workspace/n','w').write(str(n))\n time.sleep(0.05)"])
+    time.sleep(0.5)
+    sb.pause()
+    assert sb.phase == "Paused"
+    sb.resume()
+    sb.wait_until_ready(timeout_ms=60_000, poll_interval_ms=100)
+    # The counting process came back with its memory and keeps going.
+    first = int(sb.exec("cat /workspace/n").stdout)
+    time.sleep(0.3)
+    assert int(sb.exec("cat /workspace/n").stdout) > first
+    # (the old Process handle is bound to the pre-pause connection, which the SDK closed)
+    assert sb.processes.get(counter.id).state == "running"
+
+    client.sandboxes.delete_snapshot(snap.id)
+    with pytest.raises(neevai.NotFoundError):
+        client.sandboxes.get_snapshot(snap.id)

@@ -67,8 +67,9 @@ pub enum StoreError {
     #[error("destination {path} exists and is not an empty directory")]
     DestNotEmpty { path: PathBuf },
 
-    /// An operation needs a privilege the process lacks (mknod of a whiteout needs
-    /// `CAP_MKNOD`, the opaque xattr `CAP_SYS_ADMIN`, a foreign owner `CAP_CHOWN`).
+    /// An operation needs a privilege the process lacks (the opaque xattr needs
+    /// `CAP_SYS_ADMIN`, a foreign owner `CAP_CHOWN`, a whiteout `CAP_MKNOD` before
+    /// Linux 5.8).
     #[error("{path}: {op} needs a privilege this process lacks (run as root)")]
     NeedsPrivilege {
         op: &'static str,
@@ -97,5 +98,24 @@ impl StoreError {
                 StoreError::Io { op, path, source }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eperm_means_missing_privilege() {
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        let e = StoreError::privileged("mknod whiteout", "/x/y")(eperm);
+        assert!(matches!(e, StoreError::NeedsPrivilege { .. }));
+        assert_eq!(
+            e.to_string(),
+            "/x/y: mknod whiteout needs a privilege this process lacks (run as root)"
+        );
+        let enoent = io::Error::from_raw_os_error(libc::ENOENT);
+        let e = StoreError::privileged("mknod whiteout", "/x/y")(enoent);
+        assert!(matches!(e, StoreError::Io { .. }));
     }
 }

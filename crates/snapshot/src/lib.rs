@@ -85,9 +85,9 @@
 //! and renamed onto `dest` (which must be absent or an empty directory) only when
 //! complete; on any error the temporary directory is removed and `dest` is untouched.
 //! Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`; ownership is restored when it
-//! differs from the caller's (or always when running as root), whiteouts need
-//! `CAP_MKNOD` and the opaque xattr needs `CAP_SYS_ADMIN` ([`StoreError::NeedsPrivilege`]
-//! otherwise). Hard links are stored as separate files (their content is shared).
+//! differs from the caller's (or always when running as root). Whiteouts are `mknod`ed
+//! (unprivileged since Linux 5.8, `CAP_MKNOD` before); the opaque xattr needs
+//! `CAP_SYS_ADMIN`. A missing privilege is [`StoreError::NeedsPrivilege`]. Hard links are stored as separate files (their content is shared).
 
 mod error;
 mod hash;

@@ -9,7 +9,7 @@ use std::path::Path;
 use common::*;
 use sandboxd_snapshot::{
     Entry, EntryKind, LocalStore, Manifest, ManifestError, SnapshotStore, StoreError, TreeError,
-    TreeKind, TreeRef, CHUNK_SIZE,
+    TreeKind, CHUNK_SIZE,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -517,94 +517,4 @@ fn unsupported_sources_are_refused() {
     let file = src.join("pipe");
     let err = store.put_tree(TreeKind::Layer, &file).unwrap_err();
     assert!(matches!(err, StoreError::NotADirectory { .. }), "{err:?}");
-}
-
-/// Whiteouts (char 0:0) and the opaque xattr need root (CAP_MKNOD, CAP_SYS_ADMIN). Without
-/// root this test prints why and passes without checking anything.
-#[test]
-fn whiteouts_and_opaque_dirs_round_trip_as_root() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED whiteouts_and_opaque_dirs_round_trip_as_root: needs root");
-        return;
-    }
-    let tmp = TempDir::new("whiteout");
-    let store = store(&tmp);
-    let src = tmp.path().join("upper");
-    write(&src.join("etc/kept"), b"k");
-    fs::create_dir_all(src.join("opaque-dir")).unwrap();
-    write(&src.join("opaque-dir/new"), b"n");
-    let wh = src.join("etc/deleted");
-    nix::sys::stat::mknod(
-        &wh,
-        nix::sys::stat::SFlag::S_IFCHR,
-        nix::sys::stat::Mode::empty(),
-        0,
-    )
-    .unwrap();
-    let opaque_ok = set_xattr(&src.join("opaque-dir"));
-    nix::unistd::chown(&src.join("etc/kept"), Some(1234.into()), Some(5678.into())).unwrap();
-
-    let layer = store.put_tree(TreeKind::Layer, &src).unwrap();
-    let w = layer
-        .entries
-        .iter()
-        .find(|e| e.path == "etc/deleted")
-        .unwrap();
-    assert_eq!(w.kind, EntryKind::Whiteout);
-    let d = layer
-        .entries
-        .iter()
-        .find(|e| e.path == "opaque-dir")
-        .unwrap();
-    assert_eq!(d.opaque, opaque_ok);
-
-    let dest = tmp.path().join("restored");
-    store.materialize(&layer, &dest).unwrap();
-    assert_eq!(describe_tree(&dest), describe_tree(&src));
-    if opaque_ok {
-        assert!(get_xattr(&dest.join("opaque-dir")));
-    }
-
-    // A memory tree has no whiteouts.
-    let err = store.put_tree(TreeKind::Memory, &src).unwrap_err();
-    assert!(
-        matches!(err, StoreError::UnsupportedFileType { .. }),
-        "{err:?}"
-    );
-    let bad = TreeRef {
-        kind: TreeKind::Memory,
-        entries: layer.entries.clone(),
-    };
-    assert!(store.materialize(&bad, &tmp.path().join("x")).is_err());
-}
-
-const OPAQUE: &std::ffi::CStr = c"trusted.overlay.opaque";
-
-fn cpath(p: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-/// Sets the opaque xattr; false if the file system does not support trusted xattrs.
-fn set_xattr(p: &Path) -> bool {
-    let c = cpath(p);
-    // SAFETY: both strings are NUL-terminated and live across the call; the value
-    // buffer is 1 readable byte.
-    let rc = unsafe { libc::lsetxattr(c.as_ptr(), OPAQUE.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
-    rc == 0
-}
-
-fn get_xattr(p: &Path) -> bool {
-    let c = cpath(p);
-    let mut buf = [0u8; 4];
-    // SAFETY: both strings are NUL-terminated and live across the call; `buf` is
-    // writable for its full length.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            OPAQUE.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    n == 1 && buf[0] == b'y'
 }

@@ -90,14 +90,29 @@ impl LocalStore {
         self.gc_lock.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn needs_refresh(&self, meta: &fs::Metadata) -> bool {
+        let age = meta.modified().ok().and_then(|t| t.elapsed().ok());
+        !self.gc_grace.is_zero() && age.map_or(true, |a| a > self.gc_grace / 4)
+    }
+
     /// Stores `data` as the blob `hash` unless it is already there. Returns whether it
     /// was written.
     pub(crate) fn write_blob(&self, hash: &str, data: &[u8]) -> Result<bool, StoreError> {
         let path = self.blob_path(hash);
-        match sys::touch(&path) {
-            Ok(()) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("touch", &path)(e)),
+        // A reused blob gets its mtime refreshed, so gc's grace period covers it until
+        // the commit that references it (skipped when recent: saves an inode write).
+        let present = match fs::symlink_metadata(&path) {
+            Ok(meta) if !self.needs_refresh(&meta) => true,
+            Ok(_) => match sys::touch(&path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false, // raced with gc
+                Err(e) => return Err(StoreError::io("touch", &path)(e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::io("stat", &path)(e)),
+        };
+        if present {
+            return Ok(false);
         }
         let dir = path.parent().expect("blob paths have a parent");
         let tmp = dir.join(format!("{TMP_PREFIX}{}", unique_suffix()));
@@ -301,10 +316,11 @@ impl LocalStore {
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
                 let is_tmp = name.starts_with(TMP_PREFIX);
-                if !is_tmp && (!is_valid_hash(name) || referenced.contains(name)) {
-                    if is_valid_hash(name) {
-                        stats.blobs_kept += 1;
-                    }
+                if !is_tmp && !is_valid_hash(name) {
+                    continue; // not ours
+                }
+                if !is_tmp && referenced.contains(name) {
+                    stats.blobs_kept += 1;
                     continue;
                 }
                 let meta = entry
@@ -312,12 +328,11 @@ impl LocalStore {
                     .map_err(StoreError::io("stat", entry.path()))?;
                 if !meta.is_file() || !old_enough(&meta) {
                     stats.blobs_kept += u64::from(!is_tmp);
-                    continue;
-                }
-                remove_if_present(&entry.path())?;
-                if is_tmp {
+                } else if is_tmp {
+                    remove_if_present(&entry.path())?;
                     stats.temp_files_removed += 1;
                 } else {
+                    remove_if_present(&entry.path())?;
                     stats.blobs_removed += 1;
                     stats.bytes_removed += meta.len();
                 }
