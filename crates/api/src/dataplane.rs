@@ -644,7 +644,7 @@ async fn write(
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let pairs: Vec<(String, String)> = url_pairs(q.as_deref());
+            let pairs: Vec<(String, String)> = crate::query::pairs(q.as_deref());
             let path = pairs
                 .iter()
                 .find(|(k, _)| k == "path")
@@ -671,37 +671,6 @@ async fn write(
         }
         .await,
     )
-}
-
-fn url_pairs(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-            {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn read(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -915,11 +884,5 @@ mod tests {
         assert_eq!(v["permissions"], "drwxr-xr-x");
         assert_eq!(v["type"], "directory");
         assert_eq!(v["mode"], 0o755);
-    }
-
-    #[test]
-    fn url_decoding() {
-        assert_eq!(decode("a%20b%2Fc+d"), "a b/c d");
-        assert_eq!(decode("%zz%"), "%zz%");
     }
 }

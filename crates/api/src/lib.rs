@@ -9,6 +9,7 @@ pub mod body;
 mod dataplane;
 pub mod error;
 mod neev;
+mod query;
 
 use std::sync::Arc;
 

@@ -131,6 +131,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => default_agent()?,
     };
+    sandboxd_runtime::netns::check_subnet_free(a.subnet_octet)?;
     sandboxd_runtime::netns::install_host_firewall().context("install host firewall")?;
     sandboxd_runtime::reaper::start().context("become the subreaper of sandbox processes")?;
     let runtime = Arc::new(Gvisor::new(GvisorConfig {
@@ -179,6 +180,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     info!(%local, %public_url, "sandboxd listening");
     // Machine-readable line for scripts and tests that start us on port 0.
     println!("listening on {local}");
+    // Small response frames (an exec's exit line) must not wait for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+        let _ = s.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let mut term =

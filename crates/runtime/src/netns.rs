@@ -146,3 +146,30 @@ pub(crate) fn readdress(short: &str, slot: NetSlot) -> Result<(), RuntimeError> 
     )
     .map(|_| ())
 }
+
+/// Fails if an interface that is not a sandbox veth holds an address in `10.<octet>.0.0/16`:
+/// two owners of one subnet make the host's routes to sandboxes ambiguous.
+pub fn check_subnet_free(octet: u8) -> Result<(), RuntimeError> {
+    let out = run(
+        "ip addr",
+        Command::new("ip").args(["-4", "-o", "addr", "show"]),
+        None,
+    )?;
+    let prefix = format!("10.{octet}.");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_), Some(ifname), Some(_), Some(addr)) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if addr.starts_with(&prefix) && !ifname.starts_with("s-") {
+            return Err(RuntimeError::Command {
+                what: "subnet check".into(),
+                detail: format!(
+                    "{ifname} already has {addr} in 10.{octet}.0.0/16; pick another --subnet-octet"
+                ),
+            });
+        }
+    }
+    Ok(())
+}

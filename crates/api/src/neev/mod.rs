@@ -65,42 +65,8 @@ pub(crate) fn tenant(
     Ok((p, t))
 }
 
-/// Parses `k=v&...` into pairs (percent-decoded).
 pub(crate) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::query::pairs(q)
 }
 
 fn query_int(
@@ -526,6 +492,5 @@ mod tests {
         assert!(query_int(&query_pairs(Some("limit=101")), "limit", 1, 100, 20).is_err());
         assert!(query_int(&query_pairs(Some("page=0")), "page", 1, 100, 1).is_err());
         assert!(query_int(&query_pairs(Some("page=x")), "page", 1, 100, 1).is_err());
-        assert_eq!(percent_decode("%41%"), "A%");
     }
 }
