@@ -8,3 +8,4 @@
 pub mod memory;
 pub mod proto;
 pub mod server;
+mod spawn;

@@ -1,12 +1,11 @@
 //! The agent's process table, reaper, file operations and TCP server.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,7 +43,7 @@ struct Proc {
     next_seq: u64,
     open_pipes: u8,
     exited_at: Option<Instant>,
-    stdin: Option<ChildStdin>,
+    stdin: Option<std::fs::File>,
 }
 
 impl Proc {
@@ -166,27 +165,39 @@ impl Agent {
             None => None,
         };
 
-        let mut cmd = Command::new(&program);
-        cmd.arg0(&spec.argv[0])
-            .args(&spec.argv[1..])
-            .current_dir(&cwd)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(if spec.stdin || stdin_data.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .process_group(0);
+        let to_c = |s: &str, what: &str| {
+            CString::new(s)
+                .map_err(|_| StartError::new("invalid", format!("{what} contains a NUL byte")))
+        };
+        let program_c = to_c(&program, "program")?;
+        let cwd_c = to_c(&cwd, "cwd")?;
+        let argv_c = spec
+            .argv
+            .iter()
+            .map(|a| to_c(a, "argv"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        for (k, v) in &spec.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let envp_c = env
+            .iter()
+            .map(|(k, v)| to_c(&format!("{k}={v}"), "env"))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut table = self.lock();
-        let mut child = cmd.spawn().map_err(|e| {
-            StartError::new("invalid", format!("cannot start {}: {e}", spec.argv[0]))
-        })?;
+        let child = crate::spawn::spawn(
+            &program_c,
+            &argv_c,
+            &envp_c,
+            &cwd_c,
+            spec.stdin || stdin_data.is_some(),
+        )
+        .map_err(|e| StartError::new("invalid", format!("cannot start {}: {e}", spec.argv[0])))?;
         table.next_pid += 1;
         let pid = table.next_pid;
-        let os_pid = child.id() as i32;
+        let os_pid = child.pid;
         let info = ProcInfo {
             pid,
             argv: spec.argv.clone(),
@@ -199,7 +210,7 @@ impl Agent {
             started_at_ms: now_ms(),
             ended_at_ms: None,
         };
-        let mut stdin = child.stdin.take();
+        let mut stdin = child.stdin;
         if let Some(data) = stdin_data {
             if spec.stdin {
                 if let Some(pipe) = stdin.as_mut() {
@@ -231,28 +242,10 @@ impl Agent {
         drop(table);
         self.changed.notify_all();
 
-        for (stream, pipe) in [
-            (
-                "stdout",
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-            (
-                "stderr",
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            ),
-        ] {
-            let Some(pipe) = pipe else { continue };
+        for (stream, pipe) in [("stdout", child.stdout), ("stderr", child.stderr)] {
             let agent = Arc::clone(self);
-            thread::spawn(move || agent.pump(pid, stream, pipe));
+            thread::spawn(move || agent.pump(pid, stream, Box::new(pipe)));
         }
-        // The reaper owns waiting; the Child handle is dropped without wait().
-        drop(child);
         Ok(info)
     }
 
