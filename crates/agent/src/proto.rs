@@ -21,6 +21,9 @@ pub enum Request {
         spec: StartSpec,
         timeout_ms: Option<u64>,
     },
+    /// `Start`, then on the same connection the process's output as `Logs` with `follow`
+    /// would stream it: one round trip for a whole exec.
+    StartFollow(StartSpec),
     Get {
         pid: u32,
     },

@@ -479,6 +479,13 @@ impl Agent {
                 Err(e) => e.into(),
             },
             Request::Exec { spec, timeout_ms } => self.exec(spec, timeout_ms),
+            Request::StartFollow(spec) => match self.start(spec) {
+                Ok(info) => {
+                    write_reply(out, &Reply::Started(info.clone()))?;
+                    return self.stream_logs(info.pid, true, None, out);
+                }
+                Err(e) => e.into(),
+            },
             Request::Get { pid } => match self.info(pid) {
                 Some(i) => Reply::Proc(i),
                 None => Reply::error("not_found", format!("process {pid} not found")),

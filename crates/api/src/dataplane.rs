@@ -288,15 +288,14 @@ struct ExecReq {
     stdin: Option<String>,
 }
 
-async fn start_process(
-    c: &Ctx,
-    tool: &str,
+/// The agent's start request for a data-plane command, and its audit target.
+fn start_spec(
     command: &str,
     args: Vec<String>,
     cwd: Option<String>,
     env: Option<Vec<String>>,
     stdin: Option<String>,
-) -> Result<ProcInfo, ApiError> {
+) -> Result<(StartSpec, Option<String>), ApiError> {
     let argv = argv(command, args)?;
     let target = Some(argv.join(" ").chars().take(500).collect());
     let spec = StartSpec {
@@ -307,6 +306,19 @@ async fn start_process(
         stdin_data: stdin.map(|s| B64.encode(s)),
         tag: None,
     };
+    Ok((spec, target))
+}
+
+async fn start_process(
+    c: &Ctx,
+    tool: &str,
+    command: &str,
+    args: Vec<String>,
+    cwd: Option<String>,
+    env: Option<Vec<String>>,
+    stdin: Option<String>,
+) -> Result<ProcInfo, ApiError> {
+    let (spec, target) = start_spec(command, args, cwd, env, stdin)?;
     match c.call(tool, target, Request::Start(spec)).await? {
         Reply::Started(info) => Ok(info),
         _ => Err(unexpected()),
@@ -318,28 +330,28 @@ async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
         async {
             let c = ctx(&st, &headers)?;
             let req: ExecReq = json_body(body).await?;
-            let info = start_process(
-                &c,
-                "exec",
-                &req.command,
-                req.args,
-                req.cwd,
-                req.env,
-                req.stdin,
-            )
-            .await?;
-            let stream =
+            let (spec, target) = start_spec(&req.command, req.args, req.cwd, req.env, req.stdin)?;
+            // One agent round trip: start and follow on the same connection.
+            let started = std::time::Instant::now();
+            let mut stream =
                 c.st.engine
-                    .agent_stream(
-                        &c.principal,
-                        c.id,
-                        Request::Logs {
-                            pid: info.pid,
-                            follow: true,
-                            from_seq: None,
-                        },
-                    )
+                    .agent_stream(&c.principal, c.id, Request::StartFollow(spec))
                     .await?;
+            let first = stream.next().await;
+            let reason = match &first {
+                Some(Ok(Reply::Started(_))) => None,
+                Some(Ok(Reply::Error { code, .. })) => Some(code.clone()),
+                _ => Some("unavailable".to_string()),
+            };
+            let ms = started.elapsed().as_millis() as u64;
+            c.st.engine.audit_event(c.id, "exec", target, reason, ms);
+            let info = match first {
+                Some(Ok(Reply::Started(info))) => info,
+                Some(Ok(Reply::Error { code, message })) => {
+                    return Err(agent_error(&code, message))
+                }
+                _ => return Err(unexpected()),
+            };
             let deadline = req
                 .timeout_ms
                 .map(|t| tokio::time::Instant::now() + Duration::from_millis(t));

@@ -477,6 +477,29 @@ impl Engine {
         Ok(result?)
     }
 
+    /// Adds a data-plane call that went over a stream to the audit trail.
+    pub fn audit_event(
+        &self,
+        id: SandboxId,
+        tool: &str,
+        target: Option<String>,
+        reason_code: Option<String>,
+        duration_ms: u64,
+    ) {
+        self.audit.record(
+            id,
+            AuditRecord {
+                seq: 0,
+                at: Utc::now(),
+                tool: tool.to_string(),
+                target,
+                success: reason_code.is_none(),
+                reason_code,
+                duration_ms,
+            },
+        );
+    }
+
     /// Opens a reply stream to the sandbox's agent (process logs).
     pub async fn agent_stream(
         &self,
