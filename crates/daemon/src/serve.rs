@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Second octet of the sandbox subnet 10.X.0.0/16; daemons sharing a host need distinct ones.
     #[arg(long, env = "SANDBOXD_SUBNET_OCTET", default_value_t = 200)]
     pub subnet_octet: u8,
+    /// How often expired snapshots are deleted, in seconds.
+    #[arg(long, env = "SANDBOXD_SNAPSHOT_REAPER_SECS", default_value_t = 3600)]
+    pub snapshot_reaper_secs: u64,
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
@@ -163,6 +166,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("reconcile: {e} ({e:?})"))?;
     tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
+    tokio::spawn(
+        engine
+            .clone()
+            .reap_snapshots(Duration::from_secs(a.snapshot_reaper_secs.max(1))),
+    );
     if !a.no_template_build {
         let e = engine.clone();
         tokio::spawn(async move { e.templates.build_missing().await });

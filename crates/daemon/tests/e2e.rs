@@ -819,3 +819,157 @@ fn memory_snapshots_restore_as_new_fork_and_roll_back() {
     let (_, file, _) = d.exec(k.body["id"].as_str().unwrap(), "cat /workspace/file", &[]);
     assert_eq!(file, "v1\n");
 }
+
+#[test]
+fn snapshot_failure_modes_expiry_concurrency_and_not_ready() {
+    let mut d = Daemon::start_with(&["--snapshot-reaper-secs=1"]);
+    let sb = d.create(json!({"name": "s", "sandbox_template_id": "sb-busybox"}));
+    let id = sb["id"].as_str().unwrap().to_string();
+    let root = d.sandboxes_url("default", "default");
+    let p = format!("{}/api/v1beta1/orgs/default/projects/default", d.url);
+
+    // Expired: a 1 s retention restores as 404 once past, and the reaper removes it.
+    let s = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({"retain_for": "1s"})),
+    );
+    assert_eq!(s.status, 202, "{}", s.raw);
+    assert!(s.body["expires_at"].is_string());
+    let sid = s.body["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        call(&d.key, "GET", &format!("{p}/snapshots/{sid}"), None).status,
+        404
+    );
+    let r = call(
+        &d.key,
+        "POST",
+        &root,
+        Some(json!({"name": "late", "from_snapshot": sid})),
+    );
+    assert_eq!(r.status, 404, "{}", r.raw);
+    let bad = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({"retain_for": "soon"})),
+    );
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (400, Some("retain_for"))
+    );
+
+    // Concurrent: while one capture (with memory) is in flight, a second is refused with 409.
+    let (url, key, sid2) = (root.clone(), d.key.clone(), id.clone());
+    let first = std::thread::spawn(move || {
+        call(
+            &key,
+            "POST",
+            &format!("{url}/{sid2}/snapshots"),
+            Some(json!({"include_memory": true})),
+        )
+    });
+    let mut saw_conflict = false;
+    for _ in 0..200 {
+        if first.is_finished() {
+            break;
+        }
+        let r = call(
+            &d.key,
+            "POST",
+            &format!("{root}/{id}/snapshots"),
+            Some(json!({})),
+        );
+        if r.status == 409 {
+            saw_conflict = true;
+            assert!(
+                r.body["error"].as_str().unwrap().contains("in progress"),
+                "{}",
+                r.raw
+            );
+            break;
+        }
+        assert_eq!(r.status, 202, "{}", r.raw);
+    }
+    // Whichever of the two racing requests lost got the 409; the other captured.
+    let f = first.join().unwrap();
+    assert!(f.status == 202 || f.status == 409, "{}", f.raw);
+    assert!(
+        saw_conflict || f.status == 409,
+        "no concurrent request was refused"
+    );
+
+    // Only a Ready sandbox can be snapshotted: a paused one is a 409 naming its state.
+    assert_eq!(
+        call(
+            &d.key,
+            "POST",
+            &format!("{root}/{id}/pause"),
+            Some(json!({}))
+        )
+        .status,
+        200
+    );
+    let r = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({})),
+    );
+    assert_eq!(r.status, 409);
+    assert!(r.raw.contains("paused"), "{}", r.raw);
+
+    // A capture cut by a daemon crash is Failed after restart, never Ready, and not restorable.
+    d.kill9();
+    let meta = d.data_dir.join("meta.db");
+    let fake = uuid_like();
+    let rec = format!(
+        r#"{{"id":"{fake}","tenant":{{"org":"default","project":"default"}},"sandbox_id":"{id}","name":null,"status":"Running","include_memory":true,"error_message":null,"size_bytes":null,"paused_ms":null,"template_id":"sb-busybox","image":"x","resources":{{"cpu_millis":1000,"memory_mib":1024,"disk_mib":10240}},"env":[],"region":"local","created_by":null,"created_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","expires_at":null}}"#
+    );
+    let sql = format!(
+        "INSERT INTO snapshots (id, org, project, sandbox_id, name, created_at, record) VALUES ('{fake}','default','default','{id}',NULL,'2026-01-01T00:00:00Z','{rec}');"
+    );
+    let out = std::process::Command::new("sqlite3")
+        .arg(&meta)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.spawn();
+    let root = d.sandboxes_url("default", "default");
+    let p = format!("{}/api/v1beta1/orgs/default/projects/default", d.url);
+    let g = call(&d.key, "GET", &format!("{p}/snapshots/{fake}"), None);
+    assert_eq!(
+        (g.status, g.body["status"].as_str()),
+        (200, Some("Failed")),
+        "{}",
+        g.raw
+    );
+    assert!(g.body["error_message"].is_string());
+    let r = call(
+        &d.key,
+        "POST",
+        &root,
+        Some(json!({"name": "from-failed", "from_snapshot": fake})),
+    );
+    assert_eq!(r.status, 409, "{}", r.raw);
+    assert!(r.raw.contains("Failed"));
+}
+
+fn uuid_like() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        (n >> 32) as u32,
+        n as u64 & 0xffff_ffff_ffff
+    )
+}

@@ -406,6 +406,30 @@ impl Engine {
         }
     }
 
+    /// Deletes every snapshot past its `expires_at`; returns how many. Run by the reaper.
+    pub async fn reap_expired_snapshots(&self) -> Result<usize, EngineError> {
+        let now = Utc::now();
+        let mut n = 0;
+        for snap in self.meta.all_snapshots()? {
+            if snap.expires_at.is_some_and(|t| t <= now) {
+                self.delete_snapshot(&snap.tenant, snap.id).await?;
+                info!(snapshot_id = %snap.id, "expired snapshot deleted");
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The retention reaper: every `every`, deletes expired snapshots. Runs until the process ends.
+    pub async fn reap_snapshots(self: std::sync::Arc<Self>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.reap_expired_snapshots().await {
+                warn!(error = %e, "snapshot reaper");
+            }
+        }
+    }
+
     /// After a restart: captures that were in flight are `Failed` and their partial data gone.
     pub(crate) async fn reconcile_snapshots(&self) -> Result<(), EngineError> {
         for mut snap in self.meta.all_snapshots()? {
