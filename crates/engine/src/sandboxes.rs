@@ -231,15 +231,11 @@ impl Engine {
     /// Starts the container and waits for its agent.
     async fn boot(&self, sb: &Sandbox, template: &Template) -> Result<(), EngineError> {
         let spec = self.spec(sb, template)?;
-        let rt = self.runtime.clone();
         let create_spec = spec.clone();
-        tokio::task::spawn_blocking(move || rt.create(&create_spec))
-            .await
-            .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
+        self.blocking(move |rt| rt.create(&create_spec)).await?;
         if !agent_client::wait_ready(agent_addr(spec.net), self.cfg.agent_ready_timeout).await {
-            let rt = self.runtime.clone();
-            let id = spec.id.clone();
-            let _ = tokio::task::spawn_blocking(move || rt.destroy(&id, Some(spec.net))).await;
+            let (id, net) = (spec.id.clone(), spec.net);
+            let _ = self.blocking(move |rt| rt.destroy(&id, Some(net))).await;
             return Err(
                 sandboxd_runtime::RuntimeError::NotReady("agent did not answer".into()).into(),
             );
@@ -248,13 +244,8 @@ impl Engine {
     }
 
     pub(crate) async fn destroy_host(&self, sb: &Sandbox) -> Result<(), EngineError> {
-        let rt = self.runtime.clone();
-        let id = sb.id.to_string();
-        let net = sb.net;
-        tokio::task::spawn_blocking(move || rt.destroy(&id, net))
-            .await
-            .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
-        Ok(())
+        let (id, net) = (sb.id.to_string(), sb.net);
+        self.blocking(move |rt| rt.destroy(&id, net)).await
     }
 
     #[instrument(skip_all, fields(sandbox_id = %id))]
@@ -575,11 +566,8 @@ impl Engine {
     pub async fn reconcile(&self) -> Result<(), EngineError> {
         let all = self.meta.all_sandboxes()?;
         for mut sb in all {
-            let rt = self.runtime.clone();
             let id = sb.id.to_string();
-            let status = tokio::task::spawn_blocking(move || rt.status(&id))
-                .await
-                .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
+            let status = self.blocking(move |rt| rt.status(&id)).await?;
             let mut alive = status == ContainerStatus::Running;
             if alive {
                 if let Some(net) = sb.net {
@@ -621,10 +609,7 @@ impl Engine {
             .filter(|s| s.state != SandboxState::Failed)
             .map(|s| s.id.to_string())
             .collect();
-        let rt = self.runtime.clone();
-        let removed = tokio::task::spawn_blocking(move || rt.sweep(&keep))
-            .await
-            .map_err(|_| CoreError::Internal("runtime task panicked".into()))??;
+        let removed = self.blocking(move |rt| rt.sweep(&keep)).await?;
         if !removed.is_empty() {
             info!(?removed, "removed orphaned host objects");
         }
