@@ -21,6 +21,12 @@ pub async fn read_capped(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Reads a JSON body of at most [`MAX_JSON_BYTES`] and parses it as `T`.
+pub async fn read_json<T: DeserializeOwned>(body: Body, empty_ok: bool) -> Result<T, ApiError> {
+    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
+    parse_json(&bytes, empty_ok)
+}
+
 /// Parses `bytes` as `T`. An empty body is read as `{}` when `empty_ok`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], empty_ok: bool) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -18,7 +18,7 @@ use sandboxd_engine::agent_client::ReplyStream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::body::{parse_json, read_capped, MAX_FILE_BYTES, MAX_JSON_BYTES};
+use crate::body::{read_capped, read_json, MAX_FILE_BYTES};
 use crate::error::{ApiError, Dialect};
 use crate::{principal, AppState};
 
@@ -113,11 +113,6 @@ fn unexpected() -> ApiError {
         "internal",
         "unexpected reply from the sandbox agent",
     )
-}
-
-async fn json_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
-    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
-    parse_json(&bytes, true)
 }
 
 fn env_pairs(env: Option<Vec<String>>) -> Result<Vec<(String, String)>, ApiError> {
@@ -329,7 +324,7 @@ async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: ExecReq = json_body(body).await?;
+            let req: ExecReq = read_json(body, true).await?;
             let (spec, target) = start_spec(&req.command, req.args, req.cwd, req.env, req.stdin)?;
             // One agent round trip: start and follow on the same connection.
             let started = std::time::Instant::now();
@@ -407,7 +402,7 @@ async fn start(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Re
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: StartReq = json_body(body).await?;
+            let req: StartReq = read_json(body, true).await?;
             let info = start_process(
                 &c,
                 "processes.start",
@@ -444,7 +439,7 @@ async fn get(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Resp
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PidReq = json_body(body).await?;
+            let req: PidReq = read_json(body, true).await?;
             let pid = pid(&req.process_id)?;
             // With `wait`, block until exit, but answer before the SDK's 60 s read timeout.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(50);
@@ -483,7 +478,7 @@ async fn kill(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PidReq = json_body(body).await?;
+            let req: PidReq = read_json(body, true).await?;
             let pid = pid(&req.process_id)?;
             let signal = Some(req.signal.unwrap_or(libc_sigterm()));
             match c
@@ -517,7 +512,7 @@ async fn kill_all(State(st): State<AppState>, headers: HeaderMap, body: Body) ->
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: KillAllReq = json_body(body).await?;
+            let req: KillAllReq = read_json(body, true).await?;
             let signal = Some(req.signal.unwrap_or(libc_sigterm()));
             match c
                 .call("processes.kill-all", None, Request::KillAll { signal })
@@ -537,7 +532,7 @@ async fn logs(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PidReq = json_body(body).await?;
+            let req: PidReq = read_json(body, true).await?;
             let pid = pid(&req.process_id)?;
             let mut stream =
                 c.st.engine
@@ -689,7 +684,7 @@ async fn read(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PathReq = json_body(body).await?;
+            let req: PathReq = read_json(body, true).await?;
             let full = resolve_path(&req.path, req.cwd.as_deref());
             match c
                 .call(
@@ -731,7 +726,7 @@ async fn list_files(State(st): State<AppState>, headers: HeaderMap, body: Body) 
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PathReq = json_body(body).await?;
+            let req: PathReq = read_json(body, true).await?;
             let full = resolve_path(&req.path, req.cwd.as_deref());
             let depth = if req.recursive { 64 } else { 1 };
             match c.call("files.list", Some(full.clone()), Request::ListDir { path: full, depth: Some(depth) }).await? {
@@ -750,7 +745,7 @@ async fn stat(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PathReq = json_body(body).await?;
+            let req: PathReq = read_json(body, true).await?;
             let info = stat_entry(&c, resolve_path(&req.path, req.cwd.as_deref())).await?;
             Ok(Json(json!({"entry": entry_json(&info)})).into_response())
         }
@@ -762,7 +757,7 @@ async fn exists(State(st): State<AppState>, headers: HeaderMap, body: Body) -> R
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PathReq = json_body(body).await?;
+            let req: PathReq = read_json(body, true).await?;
             let e = match stat_entry(&c, resolve_path(&req.path, req.cwd.as_deref())).await {
                 Ok(_) => true,
                 Err(e) if e.status == StatusCode::NOT_FOUND => false,
@@ -778,7 +773,7 @@ async fn mkdir(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Re
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PathReq = json_body(body).await?;
+            let req: PathReq = read_json(body, true).await?;
             let full = resolve_path(&req.path, req.cwd.as_deref());
             c.call(
                 "files.mkdir",
@@ -808,7 +803,7 @@ async fn move_file(State(st): State<AppState>, headers: HeaderMap, body: Body) -
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: MoveReq = json_body(body).await?;
+            let req: MoveReq = read_json(body, true).await?;
             let from = resolve_path(&req.source, req.cwd.as_deref());
             let to = resolve_path(&req.destination, req.cwd.as_deref());
             c.call(
@@ -831,7 +826,7 @@ async fn remove(State(st): State<AppState>, headers: HeaderMap, body: Body) -> R
     finish(
         async {
             let c = ctx(&st, &headers)?;
-            let req: PathReq = json_body(body).await?;
+            let req: PathReq = read_json(body, true).await?;
             let full = resolve_path(&req.path, req.cwd.as_deref());
             c.call(
                 "files.remove",

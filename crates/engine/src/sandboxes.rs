@@ -289,6 +289,24 @@ impl Engine {
             .map_err(|_| CoreError::Internal("runtime task panicked".into()))??)
     }
 
+    /// After a failed lifecycle step: logs the cause, puts the sandbox in `state` with `message`
+    /// for the client, and returns the client-facing error.
+    pub(crate) fn settle_failure(
+        &self,
+        sb: &mut Sandbox,
+        cause: EngineError,
+        state: SandboxState,
+        message: &str,
+    ) -> EngineError {
+        warn!(sandbox_id = %sb.id, error = %cause, detail = ?cause, "{message}");
+        sb.state = state;
+        sb.status_message = Some(message.to_string());
+        if let Err(e) = self.save(sb) {
+            return e;
+        }
+        CoreError::Internal(message.to_string()).into()
+    }
+
     /// Pauses a running sandbox: with `preserve_memory` its processes and memory are saved and
     /// come back on resume; without, only its files are kept. Either way it then holds no
     /// memory or processes (`Paused`, replicas 0).
@@ -324,13 +342,12 @@ impl Engine {
                 self.save(&mut sb)?;
                 Ok(sb)
             }
-            Err(e) => {
-                warn!(error = %e, detail = ?e, "pause failed; sandbox left running");
-                sb.state = SandboxState::Running;
-                sb.status_message = Some("pause failed; the sandbox kept running".into());
-                self.save(&mut sb)?;
-                Err(CoreError::Internal("pause failed; the sandbox kept running".into()).into())
-            }
+            Err(e) => Err(self.settle_failure(
+                &mut sb,
+                e,
+                SandboxState::Running,
+                "pause failed; the sandbox kept running",
+            )),
         }
     }
 
@@ -379,13 +396,12 @@ impl Engine {
                 self.save(&mut sb)?;
                 Ok(sb)
             }
-            Err(e) => {
-                warn!(error = %e, detail = ?e, "resume failed; sandbox stays paused");
-                sb.state = SandboxState::Paused;
-                sb.status_message = Some("resume failed; the sandbox is still paused".into());
-                self.save(&mut sb)?;
-                Err(CoreError::Internal("resume failed; the sandbox is still paused".into()).into())
-            }
+            Err(e) => Err(self.settle_failure(
+                &mut sb,
+                e,
+                SandboxState::Paused,
+                "resume failed; the sandbox is still paused",
+            )),
         }
     }
 

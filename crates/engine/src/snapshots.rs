@@ -30,23 +30,7 @@ pub struct CreateSnapshot {
 }
 
 fn dir_bytes(p: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            if md.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += md.size();
-            }
-        }
-    }
-    total
+    sandboxd_runtime::fsutil::dir_usage(p).logical
 }
 
 impl Engine {
@@ -396,13 +380,12 @@ impl Engine {
                 self.save(&mut sb)?;
                 Ok(sb)
             }
-            Err(e) => {
-                warn!(error = %e, detail = ?e, "rollback failed");
-                sb.state = SandboxState::Failed;
-                sb.status_message = Some("restore from the snapshot failed".into());
-                self.save(&mut sb)?;
-                Err(CoreError::Internal("restore from the snapshot failed".into()).into())
-            }
+            Err(e) => Err(self.settle_failure(
+                &mut sb,
+                e,
+                SandboxState::Failed,
+                "restore from the snapshot failed",
+            )),
         }
     }
 

@@ -454,31 +454,11 @@ impl Runtime for Gvisor {
             memory_limit_bytes: cgroup::memory_limit_bytes(&cg),
             pids: cgroup::pids(&cg),
             oom_kills: cgroup::oom_kills(&cg),
-            disk_bytes: dir_size(&self.layout(id).upper()),
+            disk_bytes: crate::fsutil::dir_usage(&self.layout(id).upper()).allocated,
             net_rx_bytes: rx,
             net_tx_bytes: tx,
         })
     }
-}
-
-/// Bytes allocated by the files under `dir` (the sandbox's writes).
-fn dir_size(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            total += md.blocks() * 512;
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! Calls block (they run host commands); the engine calls them from blocking threads.
 
 pub mod cgroup;
+pub mod fsutil;
 pub mod gvisor;
 pub mod netns;
 mod oci;

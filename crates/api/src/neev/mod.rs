@@ -16,7 +16,7 @@ use sandboxd_engine::CreateSandbox;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::body::{parse_json, read_capped, MAX_JSON_BYTES};
+use crate::body::read_json;
 use crate::error::ApiError;
 use crate::{principal, AppState};
 
@@ -158,8 +158,7 @@ async fn create(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (p, t) = tenant(&st, &headers, &org, &project)?;
-    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
-    let req: dto::CreateReq = parse_json(&bytes, false)?;
+    let req: dto::CreateReq = read_json(body, false).await?;
     let name = dto::name(req.name.as_deref())?;
     let resources = dto::resources(req.resources.as_ref())?;
     let env = dto::env(req.env.as_deref())?;
@@ -241,6 +240,35 @@ async fn create(
     Ok((StatusCode::CREATED, Json(sandbox_view(&sb, &st.public_url))).into_response())
 }
 
+/// The sandbox a `.../orgs/{org}/projects/{project}/sandboxes/{sandbox_id}/...` route names,
+/// after authentication and the tenant check.
+pub(crate) struct InSandbox {
+    pub principal: sandboxd_core::Principal,
+    pub tenant: Tenant,
+    pub sandbox: sandboxd_core::Sandbox,
+}
+
+impl axum::extract::FromRequestParts<AppState> for InSandbox {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &AppState,
+    ) -> Result<Self, ApiError> {
+        let Path((org, project, id)) =
+            Path::<(String, String, String)>::from_request_parts(parts, st)
+                .await
+                .map_err(|_| ApiError::not_found("no such route"))?;
+        let (principal, tenant) = tenant(st, &parts.headers, &org, &project)?;
+        let sandbox = sandbox_ref(st, &tenant, &id)?;
+        Ok(InSandbox {
+            principal,
+            tenant,
+            sandbox,
+        })
+    }
+}
+
 /// Resolves the `{sandbox_id}` path segment: a UUID, or a sandbox name as the SDK allows.
 pub(crate) fn sandbox_ref(
     st: &AppState,
@@ -258,35 +286,17 @@ pub(crate) fn sandbox_ref(
     Ok(st.engine.find_sandbox(t, s)?)
 }
 
-async fn get_one(
-    State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
-    let sb = sandbox_ref(&st, &t, &id)?;
-    Ok(Json(sandbox_view(&sb, &st.public_url)))
+async fn get_one(State(st): State<AppState>, s: InSandbox) -> Result<Json<Value>, ApiError> {
+    Ok(Json(sandbox_view(&s.sandbox, &st.public_url)))
 }
 
-async fn delete(
-    State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
-    let sb = sandbox_ref(&st, &t, &id)?;
-    st.engine.delete_sandbox(&t, sb.id).await?;
+async fn delete(State(st): State<AppState>, s: InSandbox) -> Result<StatusCode, ApiError> {
+    st.engine.delete_sandbox(&s.tenant, s.sandbox.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn keepalive(
-    State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
-    let sb = sandbox_ref(&st, &t, &id)?;
-    let sb = st.engine.keepalive(&t, sb.id)?;
+async fn keepalive(State(st): State<AppState>, s: InSandbox) -> Result<Json<Value>, ApiError> {
+    let sb = st.engine.keepalive(&s.tenant, s.sandbox.id)?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 
@@ -299,29 +309,19 @@ struct PauseReq {
 
 async fn pause(
     State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    s: InSandbox,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
-    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
-    let req: PauseReq = parse_json(&bytes, true)?;
-    let sb = sandbox_ref(&st, &t, &id)?;
+    let req: PauseReq = read_json(body, true).await?;
     let sb = st
         .engine
-        .pause_sandbox(&t, sb.id, req.preserve_memory.unwrap_or(true))
+        .pause_sandbox(&s.tenant, s.sandbox.id, req.preserve_memory.unwrap_or(true))
         .await?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 
-async fn resume(
-    State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
-    let sb = sandbox_ref(&st, &t, &id)?;
-    let sb = st.engine.resume_sandbox(&t, sb.id).await?;
+async fn resume(State(st): State<AppState>, s: InSandbox) -> Result<Json<Value>, ApiError> {
+    let sb = st.engine.resume_sandbox(&s.tenant, s.sandbox.id).await?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 
@@ -343,22 +343,18 @@ enum OnIdle {
 
 async fn set_timeout(
     State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    s: InSandbox,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
-    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
-    let req: TimeoutReq = parse_json(&bytes, true)?;
+    let req: TimeoutReq = read_json(body, true).await?;
     let _ = (
         req.max_lifetime_seconds,
         req.paused_retention_seconds,
         req.on_idle,
     );
-    let sb = sandbox_ref(&st, &t, &id)?;
     let sb = st
         .engine
-        .set_timeout(&t, sb.id, req.idle_timeout_seconds.map(Some))?;
+        .set_timeout(&s.tenant, s.sandbox.id, req.idle_timeout_seconds.map(Some))?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 
@@ -374,11 +370,9 @@ fn parse_time(pairs: &[(String, String)], key: &str) -> Result<Option<DateTime<U
 
 async fn audit(
     State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
+    s: InSandbox,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
     let pairs = query_pairs(q.as_deref());
     let to = parse_time(&pairs, "to")?.unwrap_or_else(Utc::now);
     let from = parse_time(&pairs, "from")?.unwrap_or(to - Duration::hours(24));
@@ -392,10 +386,9 @@ async fn audit(
             .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))?,
         None => 0,
     };
-    let sb = sandbox_ref(&st, &t, &id)?;
     let records = st
         .engine
-        .audit_trail(&t, sb.id, from, to, after, limit + 1)?;
+        .audit_trail(&s.tenant, s.sandbox.id, from, to, after, limit + 1)?;
     let truncated = records.len() > limit;
     let records: Vec<_> = records.into_iter().take(limit).collect();
     let next = if truncated {
@@ -404,14 +397,14 @@ async fn audit(
         None
     };
     Ok(Json(json!({
-        "sandbox_id": sb.id,
+        "sandbox_id": s.sandbox.id,
         "from": ts(from),
         "to": ts(to),
         "retention_days": 1,
         "window_truncated": truncated,
         "next_cursor": next,
         "records": records.iter().map(|r| json!({
-            "id": format!("{}-{}", sb.id.short(), r.seq),
+            "id": format!("{}-{}", s.sandbox.id.short(), r.seq),
             "seq": r.seq,
             "at": ts(r.at),
             "tool": r.tool,

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{page_json, paging, query_pairs, sandbox_ref, sandbox_view, tenant, ts, P};
-use crate::body::{parse_json, read_capped, MAX_JSON_BYTES};
+use super::{page_json, paging, query_pairs, sandbox_view, tenant, ts, InSandbox, P};
+use crate::body::read_json;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -78,13 +78,10 @@ struct CreateReq {
 
 async fn create(
     State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    s: InSandbox,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (p, t) = tenant(&st, &headers, &org, &project)?;
-    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
-    let req: CreateReq = parse_json(&bytes, true)?;
+    let req: CreateReq = read_json(body, true).await?;
     if let Some(n) = &req.name {
         if !valid_name(n) {
             return Err(ApiError::invalid("name", "must match ^[a-z0-9-]{1,40}$"));
@@ -99,13 +96,12 @@ async fn create(
             )
         })?,
     };
-    let sb = sandbox_ref(&st, &t, &id)?;
     let snap = st
         .engine
         .create_snapshot(
-            &p,
-            &t,
-            sb.id,
+            &s.principal,
+            &s.tenant,
+            s.sandbox.id,
             CreateSnapshot {
                 name: req.name,
                 include_memory: req.include_memory.unwrap_or(false),
@@ -118,16 +114,13 @@ async fn create(
 
 async fn list(
     State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
+    s: InSandbox,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
     let (page, limit) = paging(&query_pairs(q.as_deref()))?;
-    let sb = sandbox_ref(&st, &t, &id)?;
     let p = st
         .engine
-        .list_snapshots(&t, Some(sb.id), (page - 1) * limit, limit)?;
+        .list_snapshots(&s.tenant, Some(s.sandbox.id), (page - 1) * limit, limit)?;
     Ok(Json(page_json(
         p.items.iter().map(snapshot_view).collect(),
         p.total,
@@ -187,16 +180,12 @@ struct RollbackReq {
 
 async fn rollback(
     State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    s: InSandbox,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, t) = tenant(&st, &headers, &org, &project)?;
-    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
-    let req: RollbackReq = parse_json(&bytes, false)?;
+    let req: RollbackReq = read_json(body, false).await?;
     let snap = snapshot_id("snapshot_id", &req.snapshot_id)?;
-    let sb = sandbox_ref(&st, &t, &id)?;
-    let sb = st.engine.rollback(&t, sb.id, snap).await?;
+    let sb = st.engine.rollback(&s.tenant, s.sandbox.id, snap).await?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 
@@ -206,18 +195,13 @@ struct ForkReq {
     name: String,
 }
 
-async fn fork(
-    State(st): State<AppState>,
-    Path((org, project, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let (p, t) = tenant(&st, &headers, &org, &project)?;
-    let bytes = read_capped(body, MAX_JSON_BYTES).await?;
-    let req: ForkReq = parse_json(&bytes, false)?;
+async fn fork(State(st): State<AppState>, s: InSandbox, body: Body) -> Result<Response, ApiError> {
+    let req: ForkReq = read_json(body, false).await?;
     sandboxd_core::validate::dns1123_label("name", &req.name)?;
-    let sb = sandbox_ref(&st, &t, &id)?;
-    let new = st.engine.fork(&p, &t, sb.id, req.name).await?;
+    let new = st
+        .engine
+        .fork(&s.principal, &s.tenant, s.sandbox.id, req.name)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(sandbox_view(&new, &st.public_url)),
