@@ -12,7 +12,17 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-static NEXT_OCTET: AtomicU8 = AtomicU8::new(240);
+/// Octets handed out so far; the first is `SANDBOXD_TEST_OCTET_BASE` (default 240), so two test
+/// runs on one host can use disjoint subnets.
+static NEXT_OCTET: AtomicU8 = AtomicU8::new(0);
+
+fn next_octet() -> u8 {
+    let base: u8 = std::env::var("SANDBOXD_TEST_OCTET_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(240);
+    base.wrapping_add(NEXT_OCTET.fetch_add(1, Ordering::SeqCst))
+}
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,7 +72,7 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Daemon {
-        let octet = NEXT_OCTET.fetch_add(1, Ordering::SeqCst);
+        let octet = next_octet();
         let data_dir =
             std::env::temp_dir().join(format!("sandboxd-test-{}-{octet}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
