@@ -7,6 +7,7 @@
 pub mod agent_client;
 mod audit;
 pub mod keys;
+mod observe;
 mod sandboxes;
 mod snapshots;
 pub mod templates;
@@ -23,6 +24,7 @@ use thiserror::Error;
 
 pub use agent_client::AgentError;
 pub use audit::AuditRecord;
+pub use observe::{Lifecycle, Observed};
 pub use sandboxes::CreateSandbox;
 pub use snapshots::CreateSnapshot;
 pub use templates::{Template, TemplateStatus, Templates};
@@ -85,6 +87,7 @@ pub struct Engine {
     busy: Mutex<HashSet<SandboxId>>,
     audit: audit::AuditLog,
     snapshot_locks: SnapshotLocks,
+    lifecycle: observe::LifecycleCounts,
 }
 
 /// Restores of a snapshot hold it shared; deleting it waits for them.
@@ -141,6 +144,7 @@ impl Engine {
             busy: Mutex::new(HashSet::new()),
             audit: audit::AuditLog::default(),
             snapshot_locks: SnapshotLocks::default(),
+            lifecycle: observe::LifecycleCounts::default(),
         }
     }
 

@@ -267,6 +267,7 @@ impl Engine {
         }
         self.meta.delete_sandbox(id)?;
         self.audit.forget(id);
+        self.lifecycle.forget(id);
         info!("sandbox deleted");
         Ok(())
     }
@@ -394,6 +395,7 @@ impl Engine {
                 sb.status_message = None;
                 sb.last_activity_at = Utc::now();
                 self.save(&mut sb)?;
+                self.lifecycle.restarted(id);
                 Ok(sb)
             }
             Err(e) => Err(self.settle_failure(
@@ -567,6 +569,9 @@ impl Engine {
                     "sandbox stopped unexpectedly"
                 };
                 warn!(sandbox_id = %sb.id, oom, "{why}");
+                if oom {
+                    self.lifecycle.oom_death(sb.id);
+                }
                 sb.state = SandboxState::Failed;
                 sb.status_message = Some(why.into());
                 let _ = self.save(&mut sb);

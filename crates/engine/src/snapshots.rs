@@ -378,6 +378,7 @@ impl Engine {
                 sb.state = SandboxState::Running;
                 sb.status_message = None;
                 self.save(&mut sb)?;
+                self.lifecycle.restarted(id);
                 Ok(sb)
             }
             Err(e) => Err(self.settle_failure(

@@ -448,13 +448,15 @@ impl Runtime for Gvisor {
         let short = short_of(id);
         let cg = oci::cgroup_path(&short);
         let (rx, tx) = netns::counters(&short);
+        let disk = self.volume.usage(id);
         Ok(Usage {
             cpu_usage_ns: cgroup::cpu_usage_ns(&cg),
             memory_bytes: cgroup::memory_bytes(&cg),
             memory_limit_bytes: cgroup::memory_limit_bytes(&cg),
             pids: cgroup::pids(&cg),
             oom_kills: cgroup::oom_kills(&cg),
-            disk_bytes: crate::fsutil::dir_usage(&self.layout(id).upper()).allocated,
+            disk_bytes: disk.map_or(0, |d| d.referenced),
+            disk_limit_bytes: disk.and_then(|d| d.limit).unwrap_or(0),
             net_rx_bytes: rx,
             net_tx_bytes: tx,
         })

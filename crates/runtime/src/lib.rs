@@ -10,6 +10,7 @@ pub mod gvisor;
 pub mod netns;
 mod oci;
 mod overlay;
+pub mod qgroup;
 pub mod reaper;
 mod sys;
 pub mod volume;
@@ -76,7 +77,10 @@ pub struct Usage {
     pub memory_limit_bytes: u64,
     pub pids: u64,
     pub oom_kills: u64,
+    /// Bytes the writable layer references (its btrfs qgroup).
     pub disk_bytes: u64,
+    /// The layer's quota (0: none known).
+    pub disk_limit_bytes: u64,
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
 }

@@ -18,6 +18,8 @@ const VOLUME_BYTES: u64 = 256 << 30;
 pub struct Volume {
     pub mountpoint: PathBuf,
     image: PathBuf,
+    /// `/sys/fs/btrfs/<fsid>/qgroups` of the mounted volume, found on first use.
+    qgroups: std::sync::OnceLock<Option<PathBuf>>,
 }
 
 impl Volume {
@@ -26,6 +28,7 @@ impl Volume {
         let v = Volume {
             mountpoint: data_dir.join("vol"),
             image: data_dir.join("volume.img"),
+            qgroups: std::sync::OnceLock::new(),
         };
         if is_mounted(&v.mountpoint) {
             return Ok(v);
@@ -95,6 +98,16 @@ impl Volume {
             None,
         )
         .map(|_| ())
+    }
+
+    /// Bytes sandbox `id`'s subvolume references and its limit, from its qgroup (cheap: no
+    /// walk). `None` if the subvolume or the qgroup is not there.
+    pub fn usage(&self, id: &str) -> Option<crate::qgroup::QgroupUsage> {
+        let dir = self
+            .qgroups
+            .get_or_init(|| crate::qgroup::qgroups_dir(&self.mountpoint).ok())
+            .as_ref()?;
+        crate::qgroup::usage(dir, &self.subvolume(id))
     }
 
     /// Deletes the sandbox's subvolume (and everything in it). Idempotent.
