@@ -9,7 +9,10 @@ pub mod body;
 mod dataplane;
 pub mod error;
 mod neev;
+mod observe;
 mod query;
+
+pub use observe::with_metrics;
 
 use std::sync::Arc;
 

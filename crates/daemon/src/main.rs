@@ -1,6 +1,8 @@
 //! `sandboxd`: the daemon (`serve`), key management (`keys create`) and the benchmark (`bench`).
 
 mod bench;
+mod prometheus;
+mod sampler;
 mod serve;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use clap::Args;
 use sandboxd_api::AppState;
 use sandboxd_engine::{Engine, EngineConfig, Templates};
 use sandboxd_meta::{MetaStore, SqliteStore};
+use sandboxd_metrics::{Hub, SampleStore};
 use sandboxd_runtime::{Gvisor, GvisorConfig};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
@@ -54,6 +55,20 @@ pub struct ServeArgs {
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
+    /// How often every sandbox's health metrics are sampled, in seconds.
+    #[arg(long, env = "SANDBOXD_METRICS_INTERVAL_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub metrics_interval_secs: u64,
+    /// How long raw metric samples are kept, in hours.
+    #[arg(long, env = "SANDBOXD_METRICS_RETENTION_HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u64).range(1..=8760))]
+    pub metrics_retention_hours: u64,
+    /// Serve the platform's Prometheus metrics at `http://ADDR/metrics` (off by default).
+    #[arg(long, env = "SANDBOXD_PROMETHEUS_LISTEN")]
+    pub prometheus_listen: Option<SocketAddr>,
+    /// Allow --prometheus-listen on a non-loopback address (the endpoint has no auth).
+    #[arg(long)]
+    pub prometheus_public: bool,
 }
 
 fn physical_memory_mib() -> u64 {
@@ -122,6 +137,9 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    if let Some(addr) = a.prometheus_listen {
+        crate::prometheus::check_listen(addr, a.prometheus_public)?;
+    }
     sandboxd_core::NetSlot::set_subnet_octet(a.subnet_octet);
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("create {}", a.data_dir.display()))?;
@@ -171,6 +189,23 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .reap_snapshots(Duration::from_secs(a.snapshot_reaper_secs.max(1))),
     );
+    let hub = Arc::new(Hub {
+        store: SampleStore::open(&data_dir.join("metrics.db")).context("open metrics store")?,
+        registry: Default::default(),
+        interval: Duration::from_secs(a.metrics_interval_secs),
+        retention: Duration::from_secs(a.metrics_retention_hours * 3600),
+    });
+    crate::sampler::Sampler::new(engine.clone(), hub.clone())
+        .spawn()
+        .context("start the metrics sampler")?;
+    if let Some(addr) = a.prometheus_listen {
+        let local =
+            crate::prometheus::serve(addr, engine.clone(), hub.clone(), data_dir.clone())
+                .await
+                .with_context(|| format!("listen on {addr} (--prometheus-listen)"))?;
+        info!(%local, "prometheus metrics at /metrics");
+        println!("prometheus on {local}");
+    }
     if !a.no_template_build {
         let e = engine.clone();
         tokio::spawn(async move { e.templates.build_missing().await });
@@ -185,6 +220,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         public_url: public_url.clone(),
     });
+    let app = sandboxd_api::with_metrics(app, hub);
     info!(%local, %public_url, "sandboxd listening");
     // Machine-readable line for scripts and tests that start us on port 0.
     println!("listening on {local}");

@@ -29,6 +29,22 @@ fn subvolume_quota_stops_writes_at_the_limit() {
     );
     drop(f);
 
+    // The qgroup figures (what the metrics sampler reads) match after a transaction commit.
+    let st = std::process::Command::new("btrfs")
+        .args(["filesystem", "sync"])
+        .arg(&vol.mountpoint)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let u = vol.usage("sb1").expect("qgroup usage");
+    assert_eq!(u.limit, Some(16 << 20));
+    assert!(
+        u.referenced >= written as u64 && u.referenced <= (16 << 20) + (1 << 20),
+        "referenced {} after writing {written}",
+        u.referenced
+    );
+    assert!(vol.usage("nope").is_none());
+
     assert_eq!(vol.ids(), ["sb1"]);
     vol.delete("sb1").unwrap();
     vol.delete("sb1").unwrap();

@@ -1,6 +1,7 @@
-//! NeevCloud `v1beta1` control plane: sandboxes, templates, keepalive, timeout, audit.
+//! NeevCloud `v1beta1` control plane: sandboxes, templates, keepalive, timeout, audit, metrics.
 
 mod dto;
+mod metrics;
 mod snapshots;
 
 use axum::body::Body;
@@ -46,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route(&format!("{P}/sandboxes/{{sandbox_id}}/audit"), get(audit))
         .merge(snapshots::routes())
+        .merge(metrics::routes())
         .route("/api/v1beta1/sandbox-templates", get(templates))
         .route(
             "/api/v1beta1/sandbox-templates/{template_id}",
