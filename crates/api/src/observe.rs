@@ -95,7 +95,10 @@ mod tests {
             Some("capture")
         );
         assert_eq!(
-            snapshot_op(&format!("{p}/sandboxes/{{sandbox_id}}/snapshots"), &Method::GET),
+            snapshot_op(
+                &format!("{p}/sandboxes/{{sandbox_id}}/snapshots"),
+                &Method::GET
+            ),
             None
         );
         assert_eq!(

@@ -6,6 +6,7 @@
 
 mod client;
 mod exec;
+mod metrics;
 mod table;
 
 use std::io::Write as _;
@@ -64,6 +65,43 @@ enum Cmd {
         #[arg(required = true, value_name = "ID_OR_NAME")]
         sandboxes: Vec<String>,
     },
+    /// Show a sandbox's health metrics: the current value and a sparkline per series
+    Metrics(MetricsArgs),
+}
+
+#[derive(Args, Debug)]
+struct MetricsArgs {
+    /// Sandbox id or name
+    #[arg(value_name = "ID_OR_NAME")]
+    sandbox: String,
+    /// How far back to look, in whole minutes/hours/days (e.g. 15m, 1h, 1d)
+    #[arg(long, default_value = "1h", value_parser = parse_since)]
+    since: u64,
+    /// Resolution (e.g. 10s, 1m); the server may coarsen it and says so
+    #[arg(long)]
+    step: Option<String>,
+    /// Sparkline width in points
+    #[arg(long, default_value_t = 40)]
+    width: usize,
+}
+
+/// `15m`, `1h`, `2d`, `90s` → seconds.
+fn parse_since(s: &str) -> std::result::Result<u64, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected e.g. 15m, 1h, 1d"))?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: expected e.g. 15m, 1h, 1d")),
+    };
+    match n.checked_mul(mul) {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(format!("{s:?}: must be positive")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +186,7 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Ls => ls(&ctx),
         Cmd::Exec(a) => exec_cmd(&ctx, &a),
         Cmd::Rm { sandboxes } => rm(&ctx, &sandboxes),
+        Cmd::Metrics(a) => metrics_cmd(&ctx, &a),
     }
 }
 
@@ -304,6 +343,30 @@ fn rm(ctx: &Ctx, targets: &[String]) -> Result<u8> {
     Ok(status)
 }
 
+fn metrics_cmd(ctx: &Ctx, a: &MetricsArgs) -> Result<u8> {
+    let to = chrono::Utc::now();
+    let from = to - chrono::Duration::seconds(a.since as i64);
+    let fmt =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut url = format!(
+        "{}?from={}&to={}",
+        ctx.client
+            .project_url(&["sandboxes", &a.sandbox, "metrics"]),
+        fmt(from),
+        fmt(to)
+    );
+    if let Some(step) = &a.step {
+        url.push_str(&format!("&step={}", client::path_segment(step)));
+    }
+    let resp = ctx.client.get(&url)?;
+    if ctx.json {
+        print_json(&resp)?;
+    } else {
+        out(&metrics::render(&resp, a.width))?;
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +476,28 @@ mod tests {
         };
         assert_eq!(sandboxes, ["a", "b"]);
         assert!(Cli::try_parse_from(["sbx", "rm"]).is_err());
+    }
+
+    #[test]
+    fn metrics_args() {
+        let Cmd::Metrics(a) = parse(&["metrics", "box", "--since", "15m", "--step", "10s"]).cmd
+        else {
+            panic!("not metrics")
+        };
+        assert_eq!(
+            (a.sandbox.as_str(), a.since, a.step.as_deref()),
+            ("box", 900, Some("10s"))
+        );
+        let Cmd::Metrics(d) = parse(&["metrics", "box"]).cmd else {
+            panic!("not metrics")
+        };
+        assert_eq!((d.since, d.step, d.width), (3600, None, 40));
+        for bad in ["0m", "1x", "m", "-1h"] {
+            assert!(
+                Cli::try_parse_from(["sbx", "metrics", "box", "--since", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

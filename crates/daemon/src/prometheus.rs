@@ -43,36 +43,37 @@ fn allocated(p: &Path) -> u64 {
 }
 
 async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
-    let body = tokio::task::spawn_blocking(move || {
-        let r = &s.hub.registry;
-        if let Ok(all) = s.engine.observed_sandboxes() {
-            let counts: Vec<(&str, f64)> = PHASES
+    let body =
+        tokio::task::spawn_blocking(move || {
+            let r = &s.hub.registry;
+            if let Ok(all) = s.engine.observed_sandboxes() {
+                let counts: Vec<(&str, f64)> = PHASES
+                    .iter()
+                    .map(|(p, _)| {
+                        let n = all.iter().filter(|o| phase_name(o.state) == *p).count();
+                        (*p, n as f64)
+                    })
+                    .collect();
+                let labels: Vec<[(&str, &str); 1]> =
+                    counts.iter().map(|(p, _)| [("phase", *p)]).collect();
+                let values: Vec<(&[(&str, &str)], f64)> = labels
+                    .iter()
+                    .zip(&counts)
+                    .map(|(l, (_, n))| (&l[..], *n))
+                    .collect();
+                r.set_gauges(
+                    "sandboxd_sandboxes",
+                    "Sandboxes on this node by NeevCloud phase.",
+                    &values,
+                );
+            }
+            let d = &s.data_dir;
+            let meta = ["meta.db", "meta.db-wal", "meta.db-shm"]
                 .iter()
-                .map(|(p, _)| {
-                    let n = all.iter().filter(|o| phase_name(o.state) == *p).count();
-                    (*p, n as f64)
-                })
-                .collect();
-            let labels: Vec<[(&str, &str); 1]> =
-                counts.iter().map(|(p, _)| [("phase", *p)]).collect();
-            let values: Vec<(&[(&str, &str)], f64)> = labels
-                .iter()
-                .zip(&counts)
-                .map(|(l, (_, n))| (&l[..], *n))
-                .collect();
+                .map(|f| allocated(&d.join(f)))
+                .sum::<u64>();
+            let samples = s.hub.store.bytes().unwrap_or(0);
             r.set_gauges(
-                "sandboxd_sandboxes",
-                "Sandboxes on this node by NeevCloud phase.",
-                &values,
-            );
-        }
-        let d = &s.data_dir;
-        let meta = ["meta.db", "meta.db-wal", "meta.db-shm"]
-            .iter()
-            .map(|f| allocated(&d.join(f)))
-            .sum::<u64>();
-        let samples = s.hub.store.bytes().unwrap_or(0);
-        r.set_gauges(
             "sandboxd_store_bytes",
             "Bytes held by each store: metadata (SQLite), metrics samples (SQLite), the sandbox \
              volume (layers and snapshot layers, allocated), snapshot memory images.",
@@ -83,10 +84,10 @@ async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
                 (&[("store", "images")], allocated(&d.join("images")) as f64),
             ],
         );
-        r.render()
-    })
-    .await
-    .unwrap_or_default();
+            r.render()
+        })
+        .await
+        .unwrap_or_default();
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -102,11 +103,13 @@ pub async fn serve(
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(metrics)).with_state(Scrape {
-        engine,
-        hub,
-        data_dir,
-    });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Scrape {
+            engine,
+            hub,
+            data_dir,
+        });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "prometheus endpoint stopped");

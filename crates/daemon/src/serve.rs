@@ -199,10 +199,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .spawn()
         .context("start the metrics sampler")?;
     if let Some(addr) = a.prometheus_listen {
-        let local =
-            crate::prometheus::serve(addr, engine.clone(), hub.clone(), data_dir.clone())
-                .await
-                .with_context(|| format!("listen on {addr} (--prometheus-listen)"))?;
+        let local = crate::prometheus::serve(addr, engine.clone(), hub.clone(), data_dir.clone())
+            .await
+            .with_context(|| format!("listen on {addr} (--prometheus-listen)"))?;
         info!(%local, "prometheus metrics at /metrics");
         println!("prometheus on {local}");
     }

@@ -96,8 +96,10 @@ fn wait_for(d: &Daemon, id: &str, secs: u64, what: &str, pred: impl Fn(&Value) -
 fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
     let prom = free_port();
     let d = start(prom);
-    let sb = d.create(json!({"name": "burner", "sandbox_template_id": "sb-debian-12-python",
-        "resources": {"cpu": 1, "memory_gb": 1}}));
+    let sb = d.create(
+        json!({"name": "burner", "sandbox_template_id": "sb-debian-12-python",
+        "resources": {"cpu": 1, "memory_gb": 1}}),
+    );
     let id = sb["id"].as_str().unwrap();
 
     // Idle baseline.
@@ -224,8 +226,14 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         text.contains("sandboxd_http_request_duration_seconds_bucket{route=\"/api/v1beta1/orgs/{org_id}/projects/{project_id}/sandboxes\",method=\"POST\",le=\"+Inf\"} 1\n"),
         "{text}"
     );
-    assert!(text.contains("sandboxd_sandboxes{phase=\"Ready\"} 1\n"), "{text}");
-    assert!(text.contains("sandboxd_sandboxes{phase=\"Paused\"} 0\n"), "{text}");
+    assert!(
+        text.contains("sandboxd_sandboxes{phase=\"Ready\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sandboxd_sandboxes{phase=\"Paused\"} 0\n"),
+        "{text}"
+    );
     for l in [
         "sandboxd_store_bytes{store=\"meta\"}",
         "sandboxd_store_bytes{store=\"metrics\"}",
@@ -291,7 +299,11 @@ fn metrics_requests_are_validated_scoped_and_clamped() {
     let r = call(
         &d.key,
         "GET",
-        &metrics_url(&d, id, "?from=2026-01-01T00:00:00Z&to=2026-01-01T00:10:00Z&step=1ms"),
+        &metrics_url(
+            &d,
+            id,
+            "?from=2026-01-01T00:00:00Z&to=2026-01-01T00:10:00Z&step=1ms",
+        ),
         None,
     );
     assert_eq!((r.status, r.body["step"].as_str()), (200, Some("1s")));
@@ -341,14 +353,8 @@ fn metrics_requests_are_validated_scoped_and_clamped() {
         ("?step=fast", "step"),
         ("?step=0s", "step"),
         ("?step=-5m", "step"),
-        (
-            "?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
-            "from",
-        ),
-        (
-            "?from=2026-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
-            "from",
-        ),
+        ("?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("?from=2026-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
     ] {
         let r = call(&d.key, "GET", &metrics_url(&d, id, q), None);
         assert_eq!(r.status, 400, "{q}: {}", r.raw);
@@ -371,13 +377,14 @@ fn metrics_requests_are_validated_scoped_and_clamped() {
     let r = call(
         &other,
         "GET",
-        &format!(
-            "{}/{id}/metrics",
-            d.sandboxes_url("acme", "default")
-        ),
+        &format!("{}/{id}/metrics", d.sandboxes_url("acme", "default")),
         None,
     );
-    assert_eq!(r.status, 404, "another org's sandbox is not visible: {}", r.raw);
+    assert_eq!(
+        r.status, 404,
+        "another org's sandbox is not visible: {}",
+        r.raw
+    );
     let r = common::call_raw(None, "GET", &metrics_url(&d, id, ""), b"");
     assert_eq!(r.status, 401, "{}", r.raw);
 }
@@ -397,4 +404,71 @@ fn prometheus_refuses_a_public_address_without_the_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--prometheus-public"), "{err}");
     assert!(!std::path::Path::new("/nonexistent-sandboxd-test").exists());
+}
+
+/// A value of an unlabelled series in Prometheus text.
+fn prom_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The sampler's cost, measured on its own thread (`getrusage(RUSAGE_THREAD)`) while it
+/// samples N real sandboxes every second, extrapolated to 100 sandboxes every 10 s.
+/// `SANDBOXD_METRICS_BENCH_SANDBOXES` (default 20), `SANDBOXD_METRICS_BENCH_SECS` (default 60).
+/// Run: `cargo test -p sandboxd --test metrics -- --ignored --nocapture sampler_overhead`.
+#[test]
+#[ignore = "benchmark: creates many sandboxes; run by hand"]
+fn sampler_overhead() {
+    let n: usize = std::env::var("SANDBOXD_METRICS_BENCH_SANDBOXES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let secs: u64 = std::env::var("SANDBOXD_METRICS_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let prom = free_port();
+    let d = start(prom);
+    for i in 0..n {
+        d.create(json!({"name": format!("b{i}"), "sandbox_template_id": "sb-busybox"}));
+    }
+    let scrape = || {
+        common::agent()
+            .get(&format!("http://127.0.0.1:{prom}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let t0 = scrape();
+    std::thread::sleep(Duration::from_secs(secs));
+    let t1 = scrape();
+    assert_eq!(
+        prom_value(&t1, "sandboxd_metrics_sampled_sandboxes") as usize,
+        n
+    );
+    let cpu = prom_value(&t1, "sandboxd_metrics_sampler_cpu_seconds_total")
+        - prom_value(&t0, "sandboxd_metrics_sampler_cpu_seconds_total");
+    let passes = prom_value(&t1, "sandboxd_metrics_sample_pass_duration_seconds_count")
+        - prom_value(&t0, "sandboxd_metrics_sample_pass_duration_seconds_count");
+    let wall = prom_value(&t1, "sandboxd_metrics_sample_pass_duration_seconds_sum")
+        - prom_value(&t0, "sandboxd_metrics_sample_pass_duration_seconds_sum");
+    let per_sample = cpu / (passes * n as f64);
+    // 100 sandboxes every 10 s: 10 sandbox-samples per second.
+    let share_100 = per_sample * 100.0 / 10.0 * 100.0;
+    eprintln!(
+        "sampler: {n} sandboxes, {passes} passes in {secs} s; thread CPU {cpu:.4} s; \
+         {:.1} µs CPU per sandbox-sample; mean pass wall {:.2} ms; \
+         100 sandboxes at 10 s: {share_100:.3} % of one core",
+        per_sample * 1e6,
+        wall / passes * 1e3
+    );
+    assert!(
+        share_100 < 2.0,
+        "sampling 100 sandboxes would cost {share_100} % of a core"
+    );
 }

@@ -37,10 +37,7 @@ impl LifecycleCounts {
         self.with(id, |l| l.oom_deaths += 1);
     }
     pub(crate) fn forget(&self, id: SandboxId) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
     fn get(&self, id: SandboxId) -> Lifecycle {
         self.0

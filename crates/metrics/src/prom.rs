@@ -123,11 +123,8 @@ impl Registry {
                             let le = LATENCY_BUCKETS
                                 .get(i)
                                 .map_or("+Inf".to_string(), |b| num(*b));
-                            let _ = writeln!(
-                                out,
-                                "{name}_bucket{} {cum}",
-                                fmt_labels(l, Some(&le))
-                            );
+                            let _ =
+                                writeln!(out, "{name}_bucket{} {cum}", fmt_labels(l, Some(&le)));
                         }
                         let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), num(*sum));
                         let _ = writeln!(out, "{name}_count{} {count}", fmt_labels(l, None));
@@ -175,23 +172,60 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_gauges() {
         let r = Registry::default();
-        r.inc("req_total", "Requests.", &[("route", "/a"), ("status", "200")], 1.0);
-        r.inc("req_total", "Requests.", &[("route", "/a"), ("status", "200")], 1.0);
-        r.inc("req_total", "Requests.", &[("route", "/\"b\"\n"), ("status", "404")], 1.0);
+        r.inc(
+            "req_total",
+            "Requests.",
+            &[("route", "/a"), ("status", "200")],
+            1.0,
+        );
+        r.inc(
+            "req_total",
+            "Requests.",
+            &[("route", "/a"), ("status", "200")],
+            1.0,
+        );
+        r.inc(
+            "req_total",
+            "Requests.",
+            &[("route", "/\"b\"\n"), ("status", "404")],
+            1.0,
+        );
         r.observe("lat_seconds", "Latency.", &[("route", "/a")], 0.003);
         r.observe("lat_seconds", "Latency.", &[("route", "/a")], 100.0);
         r.set_gauges("up", "Up.", &[(&[("phase", "Ready")], 2.0), (&[], 0.5)]);
         let t = r.render();
         assert!(t.contains("# TYPE req_total counter\n"), "{t}");
-        assert!(t.contains("req_total{route=\"/a\",status=\"200\"} 2\n"), "{t}");
-        assert!(t.contains("req_total{route=\"/\\\"b\\\"\\n\",status=\"404\"} 1\n"), "{t}");
-        assert!(t.contains("lat_seconds_bucket{route=\"/a\",le=\"0.001\"} 0\n"), "{t}");
-        assert!(t.contains("lat_seconds_bucket{route=\"/a\",le=\"0.005\"} 1\n"), "{t}");
-        assert!(t.contains("lat_seconds_bucket{route=\"/a\",le=\"60\"} 1\n"), "{t}");
-        assert!(t.contains("lat_seconds_bucket{route=\"/a\",le=\"+Inf\"} 2\n"), "{t}");
+        assert!(
+            t.contains("req_total{route=\"/a\",status=\"200\"} 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("req_total{route=\"/\\\"b\\\"\\n\",status=\"404\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lat_seconds_bucket{route=\"/a\",le=\"0.001\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lat_seconds_bucket{route=\"/a\",le=\"0.005\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lat_seconds_bucket{route=\"/a\",le=\"60\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("lat_seconds_bucket{route=\"/a\",le=\"+Inf\"} 2\n"),
+            "{t}"
+        );
         assert!(t.contains("lat_seconds_sum{route=\"/a\"} 100.003\n"), "{t}");
         assert!(t.contains("lat_seconds_count{route=\"/a\"} 2\n"), "{t}");
-        assert!(t.contains("up{phase=\"Ready\"} 2\nup 0.5\n") || t.contains("up 0.5\nup{phase=\"Ready\"} 2\n"), "{t}");
+        assert!(
+            t.contains("up{phase=\"Ready\"} 2\nup 0.5\n")
+                || t.contains("up 0.5\nup{phase=\"Ready\"} 2\n"),
+            "{t}"
+        );
         // Gauges are replaced, not accumulated.
         r.set_gauges("up", "Up.", &[(&[("phase", "Paused")], 1.0)]);
         let t = r.render();

@@ -96,7 +96,11 @@ mod tests {
     fn cpu_rate_is_cores() {
         let mut t = Tracker::default();
         let s = t.sample(1_000, SandboxState::Running, Some(&at(0)), 0, 0);
-        assert_eq!(s[Metric::CpuUsageCores as usize], None, "no rate from one reading");
+        assert_eq!(
+            s[Metric::CpuUsageCores as usize],
+            None,
+            "no rate from one reading"
+        );
         // 1.5 s of CPU in 1 s of wall time: 1.5 cores.
         let s = t.sample(2_000, SandboxState::Running, Some(&at(1_500_000_000)), 0, 0);
         assert_eq!(s[Metric::CpuUsageCores as usize], Some(1.5));

@@ -35,10 +35,7 @@ pub fn parse_step(s: &str) -> Result<u64, String> {
             .parse()
             .map_err(|_| "number too large".to_string())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .count();
+        let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
         let ms_per = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1000,
@@ -141,7 +138,16 @@ mod tests {
         assert_eq!(parse_step("1500ms"), Ok(2));
         assert_eq!(parse_step("1ms"), Ok(1));
         for bad in [
-            "", "0", "0s", "-5s", "s", "5x", "1.5s", "5 m", "1h5", "99999999999999999999999h",
+            "",
+            "0",
+            "0s",
+            "-5s",
+            "s",
+            "5x",
+            "1.5s",
+            "5 m",
+            "1h5",
+            "99999999999999999999999h",
         ] {
             assert!(parse_step(bad).is_err(), "{bad:?} accepted");
         }
@@ -187,6 +193,8 @@ mod tests {
         let r = rows(&[(1_000, 1.0), (5_000, 3.0), (9_999, 5.0)]);
         let out = downsample(&r, 2, 8, 1);
         assert_eq!(out[0].points, vec![[5.0, 3.0]]);
-        assert!(downsample(&[], 0, 10, 1).iter().all(|s| s.points.is_empty()));
+        assert!(downsample(&[], 0, 10, 1)
+            .iter()
+            .all(|s| s.points.is_empty()));
     }
 }

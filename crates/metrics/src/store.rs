@@ -130,7 +130,9 @@ impl SampleStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut n = tx.execute("DELETE FROM samples WHERE ts_ms < ?1", [before_ms])?;
-        tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS keep (id TEXT PRIMARY KEY); DELETE FROM keep;")?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS keep (id TEXT PRIMARY KEY); DELETE FROM keep;",
+        )?;
         {
             let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO keep (id) VALUES (?1)")?;
             for id in keep {

@@ -17,7 +17,10 @@ use crate::error::ApiError;
 use crate::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route(&format!("{P}/sandboxes/{{sandbox_id}}/metrics"), get(metrics))
+    Router::new().route(
+        &format!("{P}/sandboxes/{{sandbox_id}}/metrics"),
+        get(metrics),
+    )
 }
 
 async fn metrics(
@@ -52,10 +55,20 @@ async fn metrics(
             .range(&id, from.timestamp_millis(), to.timestamp_millis())
     })
     .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?
     .map_err(|e| {
         error!(error = %e, detail = ?e, "metrics query failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     })?;
     let out = series::downsample(&rows, from_s, to_s, step);
     Ok(Json(json!({
