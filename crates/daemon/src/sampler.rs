@@ -98,7 +98,7 @@ impl Sampler {
         self.hub.store.record(now_ms, &rows)?;
         self.passes += 1;
         let every = (300 / self.hub.interval.as_secs().max(1)).max(1);
-        if (self.passes - 1) % every == 0 {
+        if (self.passes - 1).is_multiple_of(every) {
             let before = now_ms - self.hub.retention.as_millis() as i64;
             let keep: Vec<String> = observed.iter().map(|o| o.id.to_string()).collect();
             self.hub.store.prune(before, &keep)?;
