@@ -110,27 +110,34 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
     let idle_cpu = max_of(&points(&idle, "cpu_usage_cores"));
     assert!(idle_cpu < 0.5, "idle sandbox uses {idle_cpu} cores");
 
-    // A CPU burner for 6 s: the per-second series peaks near one core (its quota).
-    let (exit, _, err) = d.exec(
+    // A CPU burner for 6 s: the per-second series peaks near one core (its quota). On a
+    // loaded host the burner may get less; it reports the share it got (CPU time / wall time,
+    // as gVisor accounts it), and the series must agree with that.
+    let (exit, out, err) = d.exec(
         id,
         "python3",
         &[
             "-c",
-            "import time\nt = time.time()\nwhile time.time() - t < 6: pass",
+            "import time\nt, c = time.time(), time.process_time()\n\
+             while time.time() - t < 6: pass\n\
+             print((time.process_time() - c) / (time.time() - t))",
         ],
     );
     assert_eq!(exit["exit_code"], 0, "{err}");
+    let got: f64 = out.trim().parse().unwrap();
+    let want = got.min(1.0) * 0.7;
     let v = wait_for(&d, id, 8, "cpu near 1", |v| {
-        max_of(&points(v, "cpu_usage_cores")) > 0.6
+        points(v, "cpu_usage_cores")
+            .iter()
+            .filter(|p| p.1 >= want)
+            .count()
+            >= 3
     });
     let cpu = points(&v, "cpu_usage_cores");
     let peak = max_of(&cpu);
-    let busy = cpu.iter().filter(|p| p.1 > 0.6).count();
-    eprintln!("cpu_usage_cores over the burn: {cpu:?}");
-    assert!(
-        (0.6..=1.3).contains(&peak) && busy >= 3,
-        "burner at 1 core seen as {cpu:?}"
-    );
+    eprintln!("cpu_usage_cores over the burn (burner measured {got:.2} cores): {cpu:?}");
+    assert!(got > 0.3, "the burner hardly ran ({got}); host too loaded");
+    assert!(peak <= 1.3, "quota is 1 core, series says {cpu:?}");
 
     // A 300 MiB allocation held for 4 s: memory grows past it.
     let alloc = 300u64 << 20;
