@@ -60,8 +60,12 @@ async fn track(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Respons
     );
     r.observe(
         "sandboxd_http_request_duration_seconds",
-        "Time to the response head, by route template and method.",
-        &[("route", &route), ("method", method.as_str())],
+        "Time to the response head, by route template, method and status.",
+        &[
+            ("route", &route),
+            ("method", method.as_str()),
+            ("status", status.as_str()),
+        ],
         secs,
     );
     if let Some(op) = snapshot_op(&route, &method) {

@@ -215,6 +215,26 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         .iter()
         .all(|p| !paused_at.contains(&p.0)));
 
+    // A snapshot and an in-place rollback to it: a second restart, and snapshot operations
+    // on the Prometheus endpoint.
+    let snap = call(
+        &d.key,
+        "POST",
+        &format!("{base}/snapshots"),
+        Some(json!({"name": "m1", "include_memory": false})),
+    );
+    assert_eq!(snap.status, 202, "{}", snap.raw);
+    let r = call(
+        &d.key,
+        "POST",
+        &format!("{base}/rollback"),
+        Some(json!({"snapshot_id": snap.body["id"]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    wait_for(&d, id, 10, "second restart", |v| {
+        points(v, "restarts").last().map(|p| p.1) == Some(2.0)
+    });
+
     // The platform's Prometheus endpoint saw these requests and this sandbox.
     let text = common::agent()
         .get(&format!("http://127.0.0.1:{prom}/metrics"))
@@ -230,7 +250,7 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         "{text}"
     );
     assert!(
-        text.contains("sandboxd_http_request_duration_seconds_bucket{route=\"/api/v1beta1/orgs/{org_id}/projects/{project_id}/sandboxes\",method=\"POST\",le=\"+Inf\"} 1\n"),
+        text.contains("sandboxd_http_request_duration_seconds_bucket{route=\"/api/v1beta1/orgs/{org_id}/projects/{project_id}/sandboxes\",method=\"POST\",status=\"201\",le=\"+Inf\"} 1\n"),
         "{text}"
     );
     assert!(
@@ -241,6 +261,20 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         text.contains("sandboxd_sandboxes{phase=\"Paused\"} 0\n"),
         "{text}"
     );
+    for op in ["capture", "rollback"] {
+        assert!(
+            text.contains(&format!(
+                "sandboxd_snapshot_operations_total{{op=\"{op}\",outcome=\"ok\"}} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "sandboxd_snapshot_operation_duration_seconds_count{{op=\"{op}\"}} 1\n"
+            )),
+            "{text}"
+        );
+    }
     for l in [
         "sandboxd_store_bytes{store=\"meta\"}",
         "sandboxd_store_bytes{store=\"metrics\"}",
