@@ -431,6 +431,42 @@ fn metrics_requests_are_validated_scoped_and_clamped() {
 }
 
 #[test]
+fn samples_and_lifecycle_counts_survive_a_daemon_restart() {
+    let mut d = start(free_port());
+    let sb = d.create(json!({"name": "steady", "sandbox_template_id": "sb-busybox"}));
+    let id = sb["id"].as_str().unwrap().to_string();
+    let base = format!("{}/{id}", d.sandboxes_url("default", "default"));
+    let r = call(
+        &d.key,
+        "POST",
+        &format!("{base}/pause"),
+        Some(json!({"preserve_memory": false})),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let r = call(&d.key, "POST", &format!("{base}/resume"), None);
+    assert_eq!(r.status, 200, "{}", r.raw);
+    wait_for(&d, &id, 10, "restart counted", |v| {
+        points(v, "restarts").last().map(|p| p.1) == Some(1.0)
+    });
+    let before = recent(&d, &id, 60);
+    let first = points(&before, "memory_usage_bytes")[0].0;
+
+    d.kill9();
+    d.spawn();
+    // New samples after the restart; the old ones are still there; the count carried over.
+    let restarted_at = unix_now();
+    let v = wait_for(&d, &id, 60, "samples after restart", |v| {
+        points(v, "memory_usage_bytes")
+            .iter()
+            .any(|p| p.0 > restarted_at + 1.0)
+    });
+    assert_eq!(points(&v, "memory_usage_bytes")[0].0, first, "{v}");
+    let restarts = points(&v, "restarts");
+    assert!(restarts.iter().all(|p| p.1 <= 1.0), "{restarts:?}");
+    assert_eq!(restarts.last().unwrap().1, 1.0, "{restarts:?}");
+}
+
+#[test]
 fn prometheus_refuses_a_public_address_without_the_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
         .args([

@@ -8,6 +8,11 @@
 //! - [`prom`]: counters, gauges and histograms in the Prometheus text format.
 //!
 //! Nothing here does I/O on sandboxes; the daemon's sampler reads the host and calls in.
+//!
+//! Adding a series (e.g. `egress_denied_total` once per-sandbox egress counters exist): a
+//! [`Metric`] variant with its key, unit and aggregation, a [`sample::HostReading`] field the
+//! sampler fills, and one line in [`sample::Tracker::sample`]. The store adds the column on
+//! its next open; older rows read it as absent.
 
 pub mod catalogue;
 pub mod prom;
