@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::RawQuery;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -24,7 +24,6 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn metrics(
-    State(_st): State<AppState>,
     s: InSandbox,
     hub: Option<Extension<Arc<Hub>>>,
     RawQuery(q): RawQuery,
