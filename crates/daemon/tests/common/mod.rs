@@ -108,6 +108,8 @@ impl Daemon {
             .arg(format!("--agent-binary={}", agent_binary().display()))
             .arg(format!("--subnet-octet={}", self.octet))
             .arg("--no-template-build")
+            // Test runs own their octets: veths an interrupted earlier run left behind go.
+            .arg("--reclaim-subnet")
             .args(&self.extra)
             .env("SANDBOXD_LOG", "info")
             .env_remove("SANDBOXD_ADMIN_KEY")
