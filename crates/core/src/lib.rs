@@ -3,6 +3,7 @@
 //! Nothing here knows about HTTP, SQLite or gVisor; the API front-ends translate requests into
 //! these types and the engine acts on them.
 
+pub mod cron;
 pub mod error;
 pub mod resources;
 pub mod sandbox;

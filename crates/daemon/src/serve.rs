@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// How often expired snapshots are deleted, in seconds.
     #[arg(long, env = "SANDBOXD_SNAPSHOT_REAPER_SECS", default_value_t = 3600)]
     pub snapshot_reaper_secs: u64,
+    /// How often the snapshot scheduler checks `snapshot_mode: automatic` sandboxes, in seconds.
+    #[arg(long, env = "SANDBOXD_SNAPSHOT_SCHEDULE_SECS", default_value_t = 10)]
+    pub snapshot_schedule_secs: u64,
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
@@ -182,6 +185,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         engine
             .clone()
             .reap_snapshots(Duration::from_secs(a.snapshot_reaper_secs.max(1))),
+    );
+    tokio::spawn(
+        engine
+            .clone()
+            .schedule_snapshots(Duration::from_secs(a.snapshot_schedule_secs.max(1))),
     );
     if !a.no_template_build {
         let e = engine.clone();

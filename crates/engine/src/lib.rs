@@ -8,6 +8,7 @@ pub mod agent_client;
 mod audit;
 pub mod keys;
 mod sandboxes;
+pub mod schedule;
 mod snapshots;
 pub mod templates;
 

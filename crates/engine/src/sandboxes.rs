@@ -27,6 +27,8 @@ pub struct CreateSandbox {
     pub egress: Option<serde_json::Value>,
     pub command: Vec<String>,
     pub timeout_secs: Option<u64>,
+    /// Automatic snapshots on this five-field cron schedule (validated by the front-end).
+    pub snapshot_frequency: Option<String>,
 }
 
 impl Engine {
@@ -184,6 +186,7 @@ impl Engine {
             timeout_secs: req.timeout_secs,
             last_activity_at: now,
             paused_image: None,
+            snapshot_frequency: req.snapshot_frequency,
         };
         tracing::Span::current().record("sandbox_id", sb.id.to_string());
         self.meta.insert_sandbox(&mut sb)?;

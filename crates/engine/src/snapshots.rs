@@ -87,7 +87,7 @@ impl Engine {
     }
 
     /// The capture itself; the caller holds the sandbox's busy mark.
-    async fn capture_locked(
+    pub(crate) async fn capture_locked(
         &self,
         principal: &Principal,
         sb: &mut Sandbox,
@@ -170,7 +170,12 @@ impl Engine {
         };
         let _guard = self.snapshot_locks.write(snap.id).await;
         self.discard_capture(snap.id).await;
-        self.meta.delete_snapshot(snap.id)?;
+        let held = if snap.status == SnapshotStatus::Ready {
+            crate::schedule::byte_hours(&snap, Utc::now())
+        } else {
+            0.0
+        };
+        self.meta.retire_snapshot(&snap, held)?;
         Ok(())
     }
 
@@ -228,6 +233,7 @@ impl Engine {
             timeout_secs: None,
             last_activity_at: now,
             paused_image: None,
+            snapshot_frequency: None,
         };
         self.meta.insert_sandbox(&mut sb)?;
         let _busy = self.begin(sb.id)?;
