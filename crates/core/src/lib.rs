@@ -5,6 +5,7 @@
 
 pub mod cron;
 pub mod error;
+pub mod fault;
 pub mod resources;
 pub mod sandbox;
 pub mod snapshot;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use sandboxd_agent::proto::Request;
+use sandboxd_core::fault;
 use sandboxd_core::state::Op;
 use sandboxd_core::{
     CoreError, Principal, Sandbox, SandboxId, SandboxState, Snapshot, SnapshotStatus, Tenant,
@@ -119,6 +120,7 @@ impl Engine {
         self.meta.update_snapshot(&snap)?;
         sb.state = SandboxState::Snapshotting;
         self.save(sb)?;
+        fault::point("capture.recorded");
 
         let (layer, image) = self.capture_paths(snap.id);
         let image_arg = snap.include_memory.then(|| image.clone());
@@ -126,6 +128,7 @@ impl Engine {
         let result = self
             .blocking(move |rt| rt.capture(&sid, image_arg.as_deref(), Some(&layer_arg), true))
             .await;
+        fault::point("capture.captured");
         sb.state = SandboxState::Running;
         self.save(sb)?;
         snap.updated_at = Utc::now();
@@ -236,6 +239,7 @@ impl Engine {
             snapshot_frequency: None,
         };
         self.meta.insert_sandbox(&mut sb)?;
+        fault::point("restore.recorded");
         let _busy = self.begin(sb.id)?;
         let spec = self.spec(&sb, template)?;
         let (layer, image) = self.capture_paths(snap.id);
@@ -245,6 +249,7 @@ impl Engine {
         let mut result = self
             .blocking(move |rt| rt.restore_new(&rspec, &layer, image_arg.as_deref()))
             .await;
+        fault::point("restore.launched");
         if result.is_ok() {
             result = self.after_start(&sb, snap.include_memory).await;
         }
@@ -365,19 +370,24 @@ impl Engine {
             .lookup(&sb.template_id)
             .ok_or_else(|| CoreError::Internal("template is gone".into()))?;
         let spec = self.spec(&sb, template)?;
+        // The sandbox's own paused memory (if any) belongs to the state being replaced: drop it
+        // first, so a crash from here on leaves the sandbox paused on its files alone.
+        let stale_image = sb.paused_image.take();
         sb.state = SandboxState::Resuming;
         self.save(&mut sb)?;
+        if let Some(img) = stale_image {
+            let _ = std::fs::remove_dir_all(img);
+        }
+        fault::point("rollback.recorded");
         let (layer, image) = self.capture_paths(snap.id);
         let image_arg = snap.include_memory.then_some(image);
         let rspec = spec.clone();
         let mut result = self
             .blocking(move |rt| rt.rollback(&rspec, &layer, image_arg.as_deref()))
             .await;
+        fault::point("rollback.launched");
         if result.is_ok() {
             result = self.after_start(&sb, false).await;
-        }
-        if let Some(img) = sb.paused_image.take() {
-            let _ = std::fs::remove_dir_all(img);
         }
         match result {
             Ok(()) => {
