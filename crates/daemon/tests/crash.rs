@@ -224,3 +224,64 @@ fn a_crash_at_any_step_leaves_ready_or_failed_snapshots_and_a_working_sandbox() 
     assert_eq!(cat(&d, r.body["id"].as_str().unwrap()), "v1\n");
     assert!(Path::new(&d.data_dir).join("meta.db").is_file());
 }
+
+/// Seed 004: "deletion is final but waits for in-flight restores to complete first"; sandboxes
+/// restored from a snapshot keep running after it is deleted; restoring it again is a 404.
+#[test]
+fn deleting_a_snapshot_waits_for_an_in_flight_restore() {
+    let d = Daemon::start();
+    let src = d.create(json!({"name": "origin", "sandbox_template_id": "sb-busybox"}));
+    let src = src["id"].as_str().unwrap().to_string();
+    d.exec(&src, "sh", &["-c", "echo v1 > /root/f"]);
+    let snap = post(
+        &d,
+        &format!("/sandboxes/{src}/snapshots"),
+        json!({"include_memory": true}),
+    );
+    assert_eq!(snap.body["status"], "Ready", "{}", snap.raw);
+    let snap = snap.body["id"].as_str().unwrap().to_string();
+
+    let (url, key, s) = (project(&d), d.key.clone(), snap.clone());
+    let restore = std::thread::spawn(move || {
+        let r = call(
+            &key,
+            "POST",
+            &format!("{url}/sandboxes"),
+            Some(json!({"name": "in-flight", "from_snapshot": s})),
+        );
+        (r, std::time::Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(40));
+    let del = call(
+        &d.key,
+        "DELETE",
+        &format!("{}/snapshots/{snap}", project(&d)),
+        None,
+    );
+    let deleted_at = std::time::Instant::now();
+    assert_eq!(del.status, 204, "{}", del.raw);
+    let (r, restored_at) = restore.join().unwrap();
+    if r.status == 201 {
+        // The restore won the race: the delete waited for it, and the new sandbox is whole.
+        eprintln!("the restore was in flight; the delete waited for it");
+        assert!(deleted_at >= restored_at, "the delete did not wait");
+        let id = r.body["id"].as_str().unwrap();
+        assert_eq!(cat(&d, id), "v1\n");
+    } else {
+        // The delete won: the restore failed with a clear error, not a half-made sandbox.
+        eprintln!("the delete came first; the restore failed cleanly");
+        assert!(r.status == 404 || r.status == 409, "{}", r.raw);
+        assert!(r.raw.contains("snapshot"), "{}", r.raw);
+        let list = call(&d.key, "GET", &d.sandboxes_url("default", "default"), None);
+        assert!(!list.raw.contains("in-flight"), "{}", list.raw);
+    }
+    // Deleted means gone for good.
+    let again = post(
+        &d,
+        "/sandboxes",
+        json!({"name": "too-late", "from_snapshot": snap}),
+    );
+    assert_eq!(again.status, 404, "{}", again.raw);
+    // The source is unaffected.
+    assert_eq!(cat(&d, &src), "v1\n");
+}
