@@ -135,6 +135,7 @@ def _start_daemon() -> Daemon:
         "--templates-dir", TEMPLATES_DIR,
         "--no-template-build",
         "--subnet-octet", SUBNET_OCTET,
+        "--reclaim-subnet",
     ]
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")

@@ -145,7 +145,12 @@ impl Client {
 
     /// Every item of a paged collection (`{items, total, page, limit}`) under the project.
     pub fn list_all(&self, collection: &str) -> Result<Vec<Value>> {
-        let base = self.project_url(&[collection]);
+        self.list_all_at(&[collection])
+    }
+
+    /// Every item of the paged collection at `segments` under the project.
+    pub fn list_all_at(&self, segments: &[&str]) -> Result<Vec<Value>> {
+        let base = self.project_url(segments);
         let mut items = Vec::new();
         for page in 1.. {
             let v = self.get(&format!("{base}?page={page}&limit={PAGE_LIMIT}"))?;

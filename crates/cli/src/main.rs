@@ -7,6 +7,7 @@
 mod client;
 mod exec;
 mod metrics;
+mod snapshot;
 mod table;
 
 use std::io::Write as _;
@@ -64,6 +65,21 @@ enum Cmd {
         /// Sandbox ids or names
         #[arg(required = true, value_name = "ID_OR_NAME")]
         sandboxes: Vec<String>,
+    },
+    /// Snapshots: create, ls, rm
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
+    /// Fork a running sandbox (processes and memory included) into a new one; prints its id
+    Fork(snapshot::ForkArgs),
+    /// Restore a snapshot as a new sandbox, or roll a sandbox back to it with --into
+    Restore(snapshot::RestoreArgs),
+    /// Pause a sandbox (keeps processes and memory unless --no-memory)
+    Pause(snapshot::PauseArgs),
+    /// Resume a paused sandbox
+    Resume {
+        /// Sandbox id or name
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
     },
     /// Show a sandbox's health metrics: the current value and a sparkline per series
     Metrics(MetricsArgs),
@@ -186,6 +202,13 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Ls => ls(&ctx),
         Cmd::Exec(a) => exec_cmd(&ctx, &a),
         Cmd::Rm { sandboxes } => rm(&ctx, &sandboxes),
+        Cmd::Snapshot(c) => out(&snapshot::run(&ctx.client, &c, ctx.json)?).map(|_| 0),
+        Cmd::Fork(a) => out(&snapshot::fork(&ctx.client, &a, ctx.json)?).map(|_| 0),
+        Cmd::Restore(a) => out(&snapshot::restore(&ctx.client, &a, ctx.json)?).map(|_| 0),
+        Cmd::Pause(a) => out(&snapshot::pause(&ctx.client, &a, ctx.json)?).map(|_| 0),
+        Cmd::Resume { sandbox } => {
+            out(&snapshot::resume(&ctx.client, &sandbox, ctx.json)?).map(|_| 0)
+        }
         Cmd::Metrics(a) => metrics_cmd(&ctx, &a),
     }
 }

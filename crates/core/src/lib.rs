@@ -3,7 +3,9 @@
 //! Nothing here knows about HTTP, SQLite or gVisor; the API front-ends translate requests into
 //! these types and the engine acts on them.
 
+pub mod cron;
 pub mod error;
+pub mod fault;
 pub mod resources;
 pub mod sandbox;
 pub mod snapshot;

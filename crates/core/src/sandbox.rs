@@ -104,6 +104,9 @@ pub struct Sandbox {
     /// While paused with memory: the checkpoint image resume restores from.
     #[serde(default)]
     pub paused_image: Option<String>,
+    /// `snapshot_mode: automatic`: the five-field cron expression snapshots are taken on.
+    #[serde(default)]
+    pub snapshot_frequency: Option<String>,
 }
 
 #[cfg(test)]

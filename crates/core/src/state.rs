@@ -131,6 +131,9 @@ impl SandboxState {
         match (self, container_alive) {
             (Running | Snapshotting | Starting | Resuming, true) => Running,
             (Pausing, true) => Running,
+            // The container is gone: its files are intact, so the sandbox is paused (the engine
+            // decides whether a memory image can be trusted).
+            (Pausing | Resuming, false) => Paused,
             (Paused, _) => Paused,
             (Stopped, _) => Stopped,
             (Stopping, _) => Stopped,
@@ -198,6 +201,15 @@ mod tests {
         );
         assert_eq!(
             SandboxState::Paused.after_restart(false),
+            SandboxState::Paused
+        );
+        // A pause or resume cut short leaves a paused sandbox, never a failed one.
+        assert_eq!(
+            SandboxState::Pausing.after_restart(false),
+            SandboxState::Paused
+        );
+        assert_eq!(
+            SandboxState::Resuming.after_restart(false),
             SandboxState::Paused
         );
         for st in [

@@ -49,9 +49,16 @@ pub struct ServeArgs {
     /// Second octet of the sandbox subnet 10.X.0.0/16; daemons sharing a host need distinct ones.
     #[arg(long, env = "SANDBOXD_SUBNET_OCTET", default_value_t = 200)]
     pub subnet_octet: u8,
+    /// Delete stale sandbox veths (`s-*`) of other data dirs found in this daemon's subnet
+    /// instead of refusing to start (for hosts where earlier daemons died with their sandboxes).
+    #[arg(long, env = "SANDBOXD_RECLAIM_SUBNET")]
+    pub reclaim_subnet: bool,
     /// How often expired snapshots are deleted, in seconds.
     #[arg(long, env = "SANDBOXD_SNAPSHOT_REAPER_SECS", default_value_t = 3600)]
     pub snapshot_reaper_secs: u64,
+    /// How often the snapshot scheduler checks `snapshot_mode: automatic` sandboxes, in seconds.
+    #[arg(long, env = "SANDBOXD_SNAPSHOT_SCHEDULE_SECS", default_value_t = 10)]
+    pub snapshot_schedule_secs: u64,
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
@@ -152,7 +159,6 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         Some(p) => p,
         None => default_agent()?,
     };
-    sandboxd_runtime::netns::check_subnet_free(a.subnet_octet)?;
     sandboxd_runtime::netns::install_host_firewall().context("install host firewall")?;
     sandboxd_runtime::reaper::start().context("become the subreaper of sandbox processes")?;
     let runtime = Arc::new(Gvisor::new(GvisorConfig {
@@ -183,11 +189,25 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("reconcile: {e} ({e:?})"))?;
+    // After reconciliation: the sandboxes left in the store are the only rightful holders of
+    // addresses in this daemon's subnet.
+    let own: Vec<String> = engine
+        .meta()
+        .all_sandboxes()?
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    sandboxd_runtime::netns::claim_subnet(a.subnet_octet, &own, a.reclaim_subnet)?;
     tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
     tokio::spawn(
         engine
             .clone()
             .reap_snapshots(Duration::from_secs(a.snapshot_reaper_secs.max(1))),
+    );
+    tokio::spawn(
+        engine
+            .clone()
+            .schedule_snapshots(Duration::from_secs(a.snapshot_schedule_secs.max(1))),
     );
     let hub = Arc::new(Hub {
         store: SampleStore::open(&data_dir.join("metrics.db")).context("open metrics store")?,

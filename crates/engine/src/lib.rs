@@ -9,6 +9,7 @@ mod audit;
 pub mod keys;
 mod observe;
 mod sandboxes;
+pub mod schedule;
 mod snapshots;
 pub mod templates;
 

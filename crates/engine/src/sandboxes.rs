@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sandboxd_agent::proto::{Reply, Request};
+use sandboxd_core::fault;
 use sandboxd_core::state::Op;
 use sandboxd_core::{
     CoreError, EnvVar, Principal, Resources, Sandbox, SandboxId, SandboxState, Tenant,
@@ -27,6 +28,8 @@ pub struct CreateSandbox {
     pub egress: Option<serde_json::Value>,
     pub command: Vec<String>,
     pub timeout_secs: Option<u64>,
+    /// Automatic snapshots on this five-field cron schedule (validated by the front-end).
+    pub snapshot_frequency: Option<String>,
 }
 
 impl Engine {
@@ -184,6 +187,7 @@ impl Engine {
             timeout_secs: req.timeout_secs,
             last_activity_at: now,
             paused_image: None,
+            snapshot_frequency: req.snapshot_frequency,
         };
         tracing::Span::current().record("sandbox_id", sb.id.to_string());
         self.meta.insert_sandbox(&mut sb)?;
@@ -323,12 +327,14 @@ impl Engine {
         let _busy = self.begin(id)?;
         sb.state = SandboxState::Pausing;
         self.save(&mut sb)?;
+        fault::point("pause.recorded");
         let (_, image) = self.runtime.capture_paths(&format!("pause-{id}"));
         let image_arg = preserve_memory.then(|| image.clone());
         let sid = id.to_string();
         let result = self
             .blocking(move |rt| rt.capture(&sid, image_arg.as_deref(), None, false))
             .await;
+        fault::point("pause.captured");
         match result {
             Ok(stats) => {
                 info!(
@@ -367,6 +373,7 @@ impl Engine {
         let spec = self.spec(&sb, template)?;
         sb.state = SandboxState::Resuming;
         self.save(&mut sb)?;
+        fault::point("resume.recorded");
         let image = sb.paused_image.clone().map(std::path::PathBuf::from);
         let image_arg = image.clone();
         let rspec = spec.clone();
@@ -374,6 +381,7 @@ impl Engine {
         let mut result = self
             .blocking(move |rt| rt.resume(&rspec, image_arg.as_deref()))
             .await;
+        fault::point("resume.launched");
         if result.is_ok()
             && !agent_client::wait_ready(agent_addr(spec.net), self.cfg.agent_ready_timeout).await
         {
@@ -582,6 +590,28 @@ impl Engine {
         }
     }
 
+    /// At restart: a pause memory image is kept only for a sandbox that was cleanly paused with
+    /// it, or whose resume had not started yet. One written by a pause cut short is not trusted
+    /// (the sandbox is paused on its files alone), and a resumed sandbox no longer needs its.
+    fn settle_memory_image(&self, sb: &mut Sandbox, next: SandboxState) {
+        let keep = match (sb.state, next) {
+            (SandboxState::Paused | SandboxState::Resuming, SandboxState::Paused) => sb
+                .paused_image
+                .as_deref()
+                .is_some_and(|p| std::path::Path::new(p).is_dir()),
+            _ => false,
+        };
+        if sb.state == SandboxState::Pausing && next == SandboxState::Paused {
+            sb.status_message =
+                Some("paused without memory: the daemon stopped while pausing".into());
+        }
+        if !keep {
+            sb.paused_image = None;
+            let (_, image) = self.runtime.capture_paths(&format!("pause-{}", sb.id));
+            let _ = std::fs::remove_dir_all(image);
+        }
+    }
+
     /// After a daemon restart: settles every sandbox against what is really running, and
     /// removes host objects that belong to no sandbox.
     pub async fn reconcile(&self) -> Result<(), EngineError> {
@@ -601,6 +631,8 @@ impl Engine {
             }
             let next = sb.state.after_restart(alive);
             info!(sandbox_id = %sb.id, from = sb.state.as_str(), to = next.as_str(), alive, "reconciled");
+            let before = sb.clone();
+            self.settle_memory_image(&mut sb, next);
             match next {
                 SandboxState::Deleting => {
                     self.destroy_host(&sb).await?;
@@ -617,8 +649,8 @@ impl Engine {
                 }
                 _ => {}
             }
-            if next != sb.state {
-                sb.state = next;
+            sb.state = next;
+            if sb != before {
                 self.save(&mut sb)?;
             }
         }

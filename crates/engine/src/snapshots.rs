@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use sandboxd_agent::proto::Request;
+use sandboxd_core::fault;
 use sandboxd_core::state::Op;
 use sandboxd_core::{
     CoreError, Principal, Sandbox, SandboxId, SandboxState, Snapshot, SnapshotStatus, Tenant,
@@ -87,7 +88,7 @@ impl Engine {
     }
 
     /// The capture itself; the caller holds the sandbox's busy mark.
-    async fn capture_locked(
+    pub(crate) async fn capture_locked(
         &self,
         principal: &Principal,
         sb: &mut Sandbox,
@@ -119,6 +120,7 @@ impl Engine {
         self.meta.update_snapshot(&snap)?;
         sb.state = SandboxState::Snapshotting;
         self.save(sb)?;
+        fault::point("capture.recorded");
 
         let (layer, image) = self.capture_paths(snap.id);
         let image_arg = snap.include_memory.then(|| image.clone());
@@ -126,6 +128,7 @@ impl Engine {
         let result = self
             .blocking(move |rt| rt.capture(&sid, image_arg.as_deref(), Some(&layer_arg), true))
             .await;
+        fault::point("capture.captured");
         sb.state = SandboxState::Running;
         self.save(sb)?;
         snap.updated_at = Utc::now();
@@ -170,7 +173,12 @@ impl Engine {
         };
         let _guard = self.snapshot_locks.write(snap.id).await;
         self.discard_capture(snap.id).await;
-        self.meta.delete_snapshot(snap.id)?;
+        let held = if snap.status == SnapshotStatus::Ready {
+            crate::schedule::byte_hours(&snap, Utc::now())
+        } else {
+            0.0
+        };
+        self.meta.retire_snapshot(&snap, held)?;
         Ok(())
     }
 
@@ -228,8 +236,10 @@ impl Engine {
             timeout_secs: None,
             last_activity_at: now,
             paused_image: None,
+            snapshot_frequency: None,
         };
         self.meta.insert_sandbox(&mut sb)?;
+        fault::point("restore.recorded");
         let _busy = self.begin(sb.id)?;
         let spec = self.spec(&sb, template)?;
         let (layer, image) = self.capture_paths(snap.id);
@@ -239,6 +249,7 @@ impl Engine {
         let mut result = self
             .blocking(move |rt| rt.restore_new(&rspec, &layer, image_arg.as_deref()))
             .await;
+        fault::point("restore.launched");
         if result.is_ok() {
             result = self.after_start(&sb, snap.include_memory).await;
         }
@@ -359,19 +370,24 @@ impl Engine {
             .lookup(&sb.template_id)
             .ok_or_else(|| CoreError::Internal("template is gone".into()))?;
         let spec = self.spec(&sb, template)?;
+        // The sandbox's own paused memory (if any) belongs to the state being replaced: drop it
+        // first, so a crash from here on leaves the sandbox paused on its files alone.
+        let stale_image = sb.paused_image.take();
         sb.state = SandboxState::Resuming;
         self.save(&mut sb)?;
+        if let Some(img) = stale_image {
+            let _ = std::fs::remove_dir_all(img);
+        }
+        fault::point("rollback.recorded");
         let (layer, image) = self.capture_paths(snap.id);
         let image_arg = snap.include_memory.then_some(image);
         let rspec = spec.clone();
         let mut result = self
             .blocking(move |rt| rt.rollback(&rspec, &layer, image_arg.as_deref()))
             .await;
+        fault::point("rollback.launched");
         if result.is_ok() {
             result = self.after_start(&sb, false).await;
-        }
-        if let Some(img) = sb.paused_image.take() {
-            let _ = std::fs::remove_dir_all(img);
         }
         match result {
             Ok(()) => {

@@ -78,4 +78,9 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<Page<Snapshot>, MetaError>;
     fn all_snapshots(&self) -> Result<Vec<Snapshot>, MetaError>;
     fn delete_snapshot(&self, id: uuid::Uuid) -> Result<(), MetaError>;
+    /// Deletes a snapshot and adds the storage it held (`byte_hours`) to its tenant's usage,
+    /// in one transaction.
+    fn retire_snapshot(&self, snapshot: &Snapshot, byte_hours: f64) -> Result<(), MetaError>;
+    /// Storage held by a tenant's deleted snapshots over their lives, in byte-hours.
+    fn retired_snapshot_byte_hours(&self, tenant: &Tenant) -> Result<f64, MetaError>;
 }

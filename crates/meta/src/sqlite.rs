@@ -41,6 +41,13 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (org, project, name)
      );
      CREATE INDEX snapshots_tenant ON snapshots (org, project, sandbox_id, created_at);",
+    // 3: storage held by snapshots that are gone, for the usage report.
+    "CREATE TABLE snapshot_usage (
+        org TEXT NOT NULL,
+        project TEXT NOT NULL,
+        byte_hours REAL NOT NULL,
+        PRIMARY KEY (org, project)
+     );",
 ];
 
 pub struct SqliteStore {
@@ -370,6 +377,35 @@ impl MetaStore for SqliteStore {
         })
     }
 
+    fn retire_snapshot(&self, snapshot: &Snapshot, byte_hours: f64) -> Result<(), MetaError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO snapshot_usage (org, project, byte_hours) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (org, project) DO UPDATE SET byte_hours = byte_hours + ?3",
+                params![snapshot.tenant.org, snapshot.tenant.project, byte_hours],
+            )?;
+            tx.execute(
+                "DELETE FROM snapshots WHERE id = ?1",
+                [snapshot.id.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn retired_snapshot_byte_hours(&self, tenant: &Tenant) -> Result<f64, MetaError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT byte_hours FROM snapshot_usage WHERE org = ?1 AND project = ?2",
+                params![tenant.org, tenant.project],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0.0))
+        })
+    }
+
     fn delete_sandbox(&self, id: SandboxId) -> Result<(), MetaError> {
         self.with(|c| {
             c.execute("DELETE FROM sandboxes WHERE id = ?1", [id.to_string()])?;
@@ -409,6 +445,7 @@ mod tests {
             timeout_secs: None,
             last_activity_at: now,
             paused_image: None,
+            snapshot_frequency: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use sandboxd_core::NetSlot;
+use sandboxd_core::{fault, NetSlot};
 use tracing::{debug, warn};
 
 use crate::overlay::{self, Layout};
@@ -284,6 +284,18 @@ impl Runtime for Gvisor {
                 let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
                 Ok(match v.get("status").and_then(|s| s.as_str()) {
                     Some("running") => ContainerStatus::Running,
+                    // Only a capture freezes a container, and it always thaws it again unless
+                    // the daemon died in between: thaw it now.
+                    Some("paused") => {
+                        warn!(
+                            sandbox_id = id,
+                            "container left frozen by an interrupted capture; resuming it"
+                        );
+                        match self.runsc_run("runsc resume", &short, &["resume", id]) {
+                            Ok(_) => ContainerStatus::Running,
+                            Err(_) => ContainerStatus::Stopped,
+                        }
+                    }
                     _ => ContainerStatus::Stopped,
                 })
             }
@@ -304,6 +316,7 @@ impl Runtime for Gvisor {
         let short = short_of(id);
         let t0 = Instant::now();
         self.runsc_run("runsc pause", &short, &["pause", id])?;
+        fault::point("runtime.capture.paused");
         let result = (|| {
             let mut checkpoint_ms = 0;
             if let Some(img) = image_dir {
@@ -319,9 +332,11 @@ impl Runtime for Gvisor {
                     return Err(e);
                 }
                 checkpoint_ms = t.elapsed().as_millis() as u64;
+                fault::point("runtime.capture.checkpointed");
             }
             if let Some(dest) = layer_dest {
                 self.volume.capture(id, dest)?;
+                fault::point("runtime.capture.layered");
             }
             Ok(checkpoint_ms)
         })();
@@ -393,8 +408,10 @@ impl Runtime for Gvisor {
             let _ = self.runsc_run("runsc delete", &short, &["delete", "--force", &spec.id]);
         }
         overlay::unmount_rootfs(&layout)?;
+        fault::point("runtime.rollback.stopped");
         self.volume
             .clone_layer(layer_src, &spec.id, spec.resources.disk_bytes())?;
+        fault::point("runtime.rollback.cloned");
         self.resume(spec, image_dir)
     }
 

@@ -147,29 +147,85 @@ pub(crate) fn readdress(short: &str, slot: NetSlot) -> Result<(), RuntimeError> 
     .map(|_| ())
 }
 
-/// Fails if an interface that is not a sandbox veth holds an address in `10.<octet>.0.0/16`:
-/// two owners of one subnet make the host's routes to sandboxes ambiguous.
-pub fn check_subnet_free(octet: u8) -> Result<(), RuntimeError> {
+/// Makes sure only this daemon's sandboxes hold addresses in `10.<octet>.0.0/16`: two owners of
+/// one subnet make the host's routes to sandboxes ambiguous (the daemon would talk to the other
+/// owner's veth and its agent would never answer). `own_ids` are the sandboxes of this data dir.
+/// A foreign sandbox veth (`s-*`, left by a daemon that died with the host objects of its
+/// sandboxes, or run by another daemon with the same octet) is deleted with its netns when
+/// `reclaim` is set, and refused otherwise; any other interface is always refused.
+pub fn claim_subnet(octet: u8, own_ids: &[String], reclaim: bool) -> Result<(), RuntimeError> {
     let out = run(
         "ip addr",
         Command::new("ip").args(["-4", "-o", "addr", "show"]),
         None,
     )?;
-    let prefix = format!("10.{octet}.");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut f = line.split_whitespace();
-        let (Some(_), Some(ifname), Some(_), Some(addr)) = (f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        if addr.starts_with(&prefix) && !ifname.starts_with("s-") {
-            return Err(RuntimeError::Command {
-                what: "subnet check".into(),
-                detail: format!(
-                    "{ifname} already has {addr} in 10.{octet}.0.0/16; pick another --subnet-octet"
-                ),
-            });
+    let own: Vec<String> = own_ids
+        .iter()
+        .map(|id| host_veth(&crate::gvisor::short_of(id)))
+        .collect();
+    for (ifname, addr) in foreign_holders(&String::from_utf8_lossy(&out.stdout), octet, &own) {
+        match ifname.strip_prefix("s-") {
+            Some(short) if reclaim => {
+                tracing::warn!(%ifname, %addr, "removing a stale sandbox veth in this daemon's subnet");
+                let _ = destroy(short);
+                if Path::new(&format!("/sys/class/net/{ifname}")).exists() {
+                    return Err(RuntimeError::Command {
+                        what: "subnet check".into(),
+                        detail: format!("could not remove {ifname} holding {addr}"),
+                    });
+                }
+            }
+            _ => {
+                return Err(RuntimeError::Command {
+                    what: "subnet check".into(),
+                    detail: format!(
+                        "{ifname} already has {addr} in 10.{octet}.0.0/16 and is not a sandbox of \
+                         this data dir; delete it, pass --reclaim-subnet (stale sandbox veths \
+                         only), or pick another --subnet-octet"
+                    ),
+                })
+            }
         }
     }
     Ok(())
+}
+
+/// `(ifname, addr)` of every interface in `ip -4 -o addr show` output that holds an address in
+/// `10.<octet>.0.0/16` and is not in `own`.
+fn foreign_holders(ip_output: &str, octet: u8, own: &[String]) -> Vec<(String, String)> {
+    let prefix = format!("10.{octet}.");
+    ip_output
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_, ifname, _, addr) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            let ifname = ifname.split('@').next().unwrap_or(ifname);
+            (addr.starts_with(&prefix) && !own.iter().any(|o| o == ifname))
+                .then(|| (ifname.to_string(), addr.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_holders_skip_own_veths_and_other_subnets() {
+        let out = "1: lo    inet 127.0.0.1/8 scope host lo\n\
+                   2: eth0    inet 10.0.2.15/24 brd 10.0.2.255 scope global eth0\n\
+                   7: s-aaaaaaaaaaaa@if2    inet 10.240.0.1/30 scope global s-aaaaaaaaaaaa\n\
+                   9: s-bbbbbbbbbbbb@if2    inet 10.240.0.5/30 scope global s-bbbbbbbbbbbb\n\
+                   11: br0    inet 10.240.9.1/24 scope global br0\n\
+                   12: s-cccccccccccc@if2    inet 10.241.0.1/30 scope global s-cccccccccccc\n";
+        let own = vec!["s-aaaaaaaaaaaa".to_string()];
+        assert_eq!(
+            foreign_holders(out, 240, &own),
+            vec![
+                ("s-bbbbbbbbbbbb".to_string(), "10.240.0.5/30".to_string()),
+                ("br0".to_string(), "10.240.9.1/24".to_string()),
+            ]
+        );
+        assert!(foreign_holders(out, 7, &own).is_empty());
+    }
 }

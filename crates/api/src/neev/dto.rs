@@ -74,6 +74,39 @@ pub struct CreateReq {
     pub image: Option<String>,
     pub command: Option<Vec<String>>,
     pub lifecycle: Option<Value>,
+    /// `manual` (default) or `automatic` (seed 004); the SDK's camelCase is accepted too.
+    #[serde(alias = "snapshotMode")]
+    pub snapshot_mode: Option<String>,
+    #[serde(alias = "snapshotFrequency")]
+    pub snapshot_frequency: Option<String>,
+}
+
+/// `snapshot_mode` + `snapshot_frequency`: the cron expression of an automatic schedule, or
+/// `None` for manual. The frequency is required when automatic and refused otherwise.
+pub fn snapshot_schedule(
+    mode: Option<&str>,
+    frequency: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    match (mode.unwrap_or("manual"), frequency) {
+        ("automatic", Some(f)) => {
+            sandboxd_core::cron::Schedule::parse(f)
+                .map_err(|e| ApiError::invalid("snapshot_frequency", e.to_string()))?;
+            Ok(Some(f.split_whitespace().collect::<Vec<_>>().join(" ")))
+        }
+        ("automatic", None) => Err(ApiError::invalid(
+            "snapshot_frequency",
+            "is required when snapshot_mode is automatic (a five-field cron expression)",
+        )),
+        ("manual", None) => Ok(None),
+        ("manual", Some(_)) => Err(ApiError::invalid(
+            "snapshot_frequency",
+            "is only allowed when snapshot_mode is automatic",
+        )),
+        _ => Err(ApiError::invalid(
+            "snapshot_mode",
+            "must be one of: manual, automatic",
+        )),
+    }
 }
 
 pub fn resources(r: Option<&ResourcesIn>) -> Result<Resources, ApiError> {
@@ -241,6 +274,8 @@ pub fn sandbox_view(sb: &Sandbox, connect_url: &str) -> Value {
         "sandbox_template_id": sb.template_id,
         "created_by": sb.created_by,
         "idle_timeout_seconds": sb.timeout_secs,
+        "snapshot_mode": if sb.snapshot_frequency.is_some() { "automatic" } else { "manual" },
+        "snapshot_frequency": sb.snapshot_frequency,
         "created_at": ts(sb.created_at),
         "updated_at": ts(sb.updated_at),
     })
@@ -249,6 +284,28 @@ pub fn sandbox_view(sb: &Sandbox, connect_url: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_schedules_need_a_frequency_only_when_automatic() {
+        assert_eq!(snapshot_schedule(None, None).unwrap(), None);
+        assert_eq!(
+            snapshot_schedule(Some("automatic"), Some(" 0  */2 * * *")).unwrap(),
+            Some("0 */2 * * *".to_string())
+        );
+        for (m, f, field) in [
+            (Some("automatic"), None, "snapshot_frequency"),
+            (Some("automatic"), Some("0 */2 * *"), "snapshot_frequency"),
+            (None, Some("* * * * *"), "snapshot_frequency"),
+            (Some("manual"), Some("* * * * *"), "snapshot_frequency"),
+            (Some("hourly"), None, "snapshot_mode"),
+        ] {
+            assert_eq!(
+                snapshot_schedule(m, f).unwrap_err().field.as_deref(),
+                Some(field),
+                "{m:?} {f:?}"
+            );
+        }
+    }
 
     #[test]
     fn resources_are_validated_with_field_names() {

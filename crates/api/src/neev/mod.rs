@@ -165,6 +165,10 @@ async fn create(
     let resources = dto::resources(req.resources.as_ref())?;
     let env = dto::env(req.env.as_deref())?;
     let egress = dto::egress(req.egress.as_ref())?;
+    let snapshot_frequency = dto::snapshot_schedule(
+        req.snapshot_mode.as_deref(),
+        req.snapshot_frequency.as_deref(),
+    )?;
     if let Some(tid) = &req.sandbox_template_id {
         if tid.is_empty()
             || !tid.starts_with("sb-")
@@ -236,6 +240,7 @@ async fn create(
                 egress,
                 command: req.command.unwrap_or_default(),
                 timeout_secs,
+                snapshot_frequency,
             },
         )
         .await?;

@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
             get(list).post(create),
         )
         .route(&format!("{P}/snapshots"), get(list_project))
+        .route(&format!("{P}/usage"), get(usage))
         .route(
             &format!("{P}/snapshots/{{snapshot_id}}"),
             get(get_one).delete(delete),
@@ -146,6 +147,26 @@ async fn list_project(
         page,
         limit,
     )))
+}
+
+/// Snapshot storage the project holds now and has held (byte-hours, deleted snapshots included).
+async fn usage(
+    State(st): State<AppState>,
+    Path((org, project)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let (_, t) = tenant(&st, &headers, &org, &project)?;
+    let u = st.engine.snapshot_usage(&t)?;
+    Ok(Json(json!({
+        "org_id": t.org,
+        "project_id": t.project,
+        "snapshots": {
+            "count": u.snapshots,
+            "storage_bytes": u.bytes,
+            "storage_byte_hours": u.byte_hours,
+        },
+        "as_of": ts(u.as_of),
+    })))
 }
 
 async fn get_one(

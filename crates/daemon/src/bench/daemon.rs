@@ -51,6 +51,7 @@ impl Daemon {
             .arg(format!("--runsc={}", o.runsc.display()))
             .arg(format!("--subnet-octet={}", o.subnet_octet))
             .arg("--no-template-build")
+            .arg("--reclaim-subnet")
             .env_remove("SANDBOXD_ADMIN_KEY")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

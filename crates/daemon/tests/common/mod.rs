@@ -64,6 +64,8 @@ pub struct Daemon {
     pub key: String,
     pub octet: u8,
     extra: Vec<String>,
+    /// Extra environment for the next `spawn` (e.g. `SANDBOXD_FAULT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -84,6 +86,7 @@ impl Daemon {
             key: String::new(),
             octet,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         d.spawn();
         d.key = std::fs::read_to_string(d.data_dir.join("admin.key"))
@@ -108,9 +111,13 @@ impl Daemon {
             .arg(format!("--agent-binary={}", agent_binary().display()))
             .arg(format!("--subnet-octet={}", self.octet))
             .arg("--no-template-build")
+            // Test runs own their octets: veths an interrupted earlier run left behind go.
+            .arg("--reclaim-subnet")
             .args(&self.extra)
             .env("SANDBOXD_LOG", "info")
             .env_remove("SANDBOXD_ADMIN_KEY")
+            .env_remove("SANDBOXD_FAULT")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -133,6 +140,22 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the server process to exit on its own; true if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Some(c) = self.child.as_mut() {
+            if c.try_wait().unwrap().is_some() {
+                self.child = None;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -288,6 +311,20 @@ fn finish(r: Result<ureq::Response, ureq::Error>) -> Resp {
     let raw = resp.into_string().unwrap_or_default();
     let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
     Resp { status, body, raw }
+}
+
+/// Like [`call`], but a transport error (the server died mid-request) is an `Err`.
+pub fn try_call(key: &str, method: &str, url: &str, body: Option<Value>) -> Result<Resp, String> {
+    let req = agent()
+        .request(method, url)
+        .set("Authorization", &format!("Bearer {key}"));
+    match match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    } {
+        Err(ureq::Error::Transport(t)) => Err(t.to_string()),
+        other => Ok(finish(other)),
+    }
 }
 
 pub fn call(key: &str, method: &str, url: &str, body: Option<Value>) -> Resp {
