@@ -4,6 +4,7 @@
 //! these types and the engine acts on them.
 
 pub mod error;
+pub mod lifetime;
 pub mod resources;
 pub mod sandbox;
 pub mod snapshot;
@@ -12,6 +13,7 @@ pub mod tenant;
 pub mod validate;
 
 pub use error::CoreError;
+pub use lifetime::{Lifetime, TimeoutAction};
 pub use resources::Resources;
 pub use sandbox::{EnvVar, NetSlot, Sandbox, SandboxId};
 pub use snapshot::{Snapshot, SnapshotStatus};

@@ -113,6 +113,7 @@ impl Engine {
             created_at: now,
             updated_at: now,
             expires_at: req.retain_for.map(|d| now + d),
+            network_policy: sb.network_policy.clone(),
         };
         self.meta.insert_snapshot(&snap)?;
         snap.status = SnapshotStatus::Running;
@@ -228,6 +229,8 @@ impl Engine {
             timeout_secs: None,
             last_activity_at: now,
             paused_image: None,
+            lifetime: Default::default(),
+            network_policy: snap.network_policy.clone(),
         };
         self.meta.insert_sandbox(&mut sb)?;
         let _busy = self.begin(sb.id)?;

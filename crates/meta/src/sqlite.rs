@@ -409,6 +409,8 @@ mod tests {
             timeout_secs: None,
             last_activity_at: now,
             paused_image: None,
+            lifetime: Default::default(),
+            network_policy: None,
         }
     }
 

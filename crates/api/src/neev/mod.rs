@@ -234,6 +234,8 @@ async fn create(
                 egress,
                 command: req.command.unwrap_or_default(),
                 timeout_secs,
+                lifetime: Default::default(),
+                network_policy: None,
             },
         )
         .await?;
