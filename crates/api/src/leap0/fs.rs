@@ -735,6 +735,9 @@ async fn edit_files(
     for (given, path) in req.files.iter().zip(&paths) {
         let v = match st.engine.edit_file(&t.p, t.id, path, &edits).await {
             Ok(_) => json!({"file": given, "success": true}),
+            Err(EngineError::Core(CoreError::InvalidArgument { message, .. })) => {
+                json!({"file": given, "success": false, "error": message})
+            }
             Err(EngineError::Core(e)) => {
                 json!({"file": given, "success": false, "error": e.to_string()})
             }
