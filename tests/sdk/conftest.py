@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+if sys.version_info < (3, 12):
+    # leap0 0.8.0 declares its wire schemas with typing.TypedDict, which pydantic accepts only
+    # on Python >= 3.12 (scripts/test-sdk picks one when the machine has it). Elsewhere the
+    # stdlib name is pointed at typing_extensions' implementation; the SDK itself is unchanged.
+    import typing
+
+    import typing_extensions
+
+    typing.TypedDict = typing_extensions.TypedDict  # type: ignore[misc]
 
 import neevai
 

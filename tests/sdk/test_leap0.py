@@ -417,3 +417,17 @@ def test_one_sandbox_through_both_dialects(leap0_client, client, track):
     c.sandboxes.delete(nsb.id)
     with pytest.raises(neevai.NotFoundError):
         client.sandboxes.get(nsb.id)
+
+
+def test_snapshot_kill_sandbox_after_and_generated_name(leap0_client, track):
+    c = leap0_client
+    sb = track.sandbox(c.sandboxes.create(template_name="sb-busybox", vcpu=2, memory=768))
+    sb.filesystem.write_file(path="/workspace/k", content="kept")
+    snap = sb.create_snapshot(kill_sandbox_after=True)
+    track.snapshots.append(snap.id)
+    assert snap.name.startswith("snap-") and (snap.vcpu, snap.memory) == (2, 768)
+    with pytest.raises(Leap0NotFoundError):
+        c.sandboxes.get(sb.id)
+    again = track.sandbox(c.snapshots.restore(snapshot_name=snap.name, auto_pause=True))
+    assert (again.vcpu, again.memory, again.auto_pause) == (2, 768, True)
+    assert again.filesystem.read_file(path="/workspace/k") == "kept"
