@@ -25,6 +25,7 @@ use thiserror::Error;
 
 pub use agent_client::AgentError;
 pub use audit::AuditRecord;
+pub use lifetime::Retry;
 pub use sandboxes::CreateSandbox;
 pub use snapshots::CreateSnapshot;
 pub use templates::{Template, TemplateStatus, Templates};

@@ -1,8 +1,9 @@
 //! Stop and start, run-time limits (pause or delete at the deadline), auto-resume, and the
 //! lookups the Leap0 dialect needs (snapshots by name).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sandboxd_core::state::Op;
@@ -105,7 +106,11 @@ impl Engine {
         loop {
             let sb = self.sandbox_for(principal, id)?;
             match sb.state {
-                SandboxState::Paused => match self.resume_sandbox(&sb.tenant, id).await {
+                SandboxState::Paused => match self
+                    .admit_on_node(&sb.resources)
+                    .map(|()| self.resume_sandbox(&sb.tenant, id))?
+                    .await
+                {
                     Ok(sb) => {
                         info!(sandbox_id = %id, "auto-resumed for a request");
                         return Ok(sb);
@@ -149,17 +154,23 @@ impl Engine {
     }
 
     /// One pass of the lifetime enforcer: every running sandbox past its deadline is paused
-    /// (`auto_pause`) or deleted. Returns what it did.
-    pub async fn enforce_lifetimes(&self) -> Vec<(SandboxId, TimeoutAction)> {
+    /// (`auto_pause`) or deleted. A sandbox whose action failed waits in `retry` (doubling
+    /// waits, at most a minute) so a broken one is not retried and logged every pass.
+    /// Returns what it did.
+    pub async fn enforce_lifetimes(&self, retry: &mut Retry) -> Vec<(SandboxId, TimeoutAction)> {
         let now = Utc::now();
         let Ok(all) = self.meta.all_sandboxes() else {
             return vec![];
         };
+        retry.forget_except(&all);
         let mut done = Vec::new();
         for sb in all.into_iter().filter(|s| s.state == SandboxState::Running) {
             let Some(action) = sb.lifetime.due(now) else {
                 continue;
             };
+            if !retry.ready(sb.id) {
+                continue;
+            }
             let result = match action {
                 TimeoutAction::Pause => self
                     .pause_sandbox(&sb.tenant, sb.id, true)
@@ -174,7 +185,10 @@ impl Engine {
                 }
                 // Busy with another operation: try again on the next pass.
                 Err(EngineError::Core(CoreError::Conflict(_))) => {}
-                Err(e) => warn!(sandbox_id = %sb.id, error = %e, "timeout action failed"),
+                Err(e) => {
+                    let wait = retry.failed(sb.id);
+                    warn!(sandbox_id = %sb.id, error = %e, retry_in_s = wait.as_secs(), "timeout action failed");
+                }
             }
         }
         done
@@ -182,9 +196,62 @@ impl Engine {
 
     /// Runs [`Engine::enforce_lifetimes`] every `every` until the process ends.
     pub async fn watch_lifetimes(self: Arc<Self>, every: Duration) {
+        let mut retry = Retry::default();
         loop {
             tokio::time::sleep(every).await;
-            self.enforce_lifetimes().await;
+            self.enforce_lifetimes(&mut retry).await;
         }
+    }
+}
+
+/// Back-off for sandboxes whose timeout action failed.
+#[derive(Debug, Default)]
+pub struct Retry {
+    failed: HashMap<SandboxId, (u32, Instant)>,
+}
+
+impl Retry {
+    const MAX_WAIT: Duration = Duration::from_secs(60);
+
+    /// Whether the sandbox may be acted on now.
+    pub fn ready(&self, id: SandboxId) -> bool {
+        self.failed
+            .get(&id)
+            .is_none_or(|(_, next)| Instant::now() >= *next)
+    }
+
+    /// Records a failure; returns how long until the next try (1 s, 2 s, 4 s, ... 60 s).
+    pub fn failed(&mut self, id: SandboxId) -> Duration {
+        let e = self.failed.entry(id).or_insert((0, Instant::now()));
+        e.0 = e.0.saturating_add(1);
+        let wait = Duration::from_secs(1u64 << (e.0 - 1).min(6)).min(Self::MAX_WAIT);
+        e.1 = Instant::now() + wait;
+        wait
+    }
+
+    /// Drops entries of sandboxes that are gone.
+    fn forget_except(&mut self, live: &[Sandbox]) {
+        self.failed.retain(|id, _| live.iter().any(|s| s.id == *id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_and_cap() {
+        let mut r = Retry::default();
+        let id = SandboxId::new();
+        assert!(r.ready(id));
+        assert_eq!(r.failed(id), Duration::from_secs(1));
+        assert!(!r.ready(id));
+        assert_eq!(r.failed(id), Duration::from_secs(2));
+        for _ in 0..10 {
+            r.failed(id);
+        }
+        assert_eq!(r.failed(id), Duration::from_secs(60));
+        r.forget_except(&[]);
+        assert!(r.ready(id));
     }
 }
