@@ -57,6 +57,8 @@ impl Target {
     ) -> Result<Target, ApiError> {
         let p = principal(st, headers)?;
         let id = sandbox_id(raw_id)?;
+        // Another tenant's sandbox does not exist for this key (404, as GET answers).
+        st.engine.get_sandbox(&p.default_tenant(), id)?;
         st.engine.running_sandbox(&p, id).await?;
         Ok(Target {
             st: st.clone(),
