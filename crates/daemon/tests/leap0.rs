@@ -669,3 +669,65 @@ fn one_sandbox_through_both_dialects() {
     );
     assert_eq!(got.status, 404);
 }
+
+#[test]
+fn another_orgs_key_sees_nothing() {
+    let d = Daemon::start();
+    let sb = create(&d, json!({"template_name": "sb-busybox"}));
+    let id = sb["id"].as_str().unwrap();
+    let s = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/snapshot/create"),
+        Some(json!({"name": "mine"})),
+    );
+    assert_eq!(s.status, 201, "{}", s.raw);
+    let other = d.create_key("acme", None);
+    let as_other = |method: &str, path: &str, body: Option<Value>| {
+        call(&other, method, &format!("{}{path}", d.url), body)
+    };
+    assert_eq!(
+        as_other("GET", "/v1/sandboxes", None).body["total_items"],
+        0
+    );
+    assert_eq!(
+        as_other("GET", "/v1/snapshots", None).body["total_items"],
+        0
+    );
+    for (method, path, body) in [
+        ("GET", format!("/v1/sandbox/{id}"), None),
+        ("DELETE", format!("/v1/sandbox/{id}/"), None),
+        ("POST", format!("/v1/sandbox/{id}/pause"), None),
+        ("POST", format!("/v1/sandbox/{id}/stop"), None),
+        (
+            "POST",
+            format!("/v1/sandbox/{id}/process/execute"),
+            Some(json!({"command": "true"})),
+        ),
+        (
+            "POST",
+            format!("/v1/sandbox/{id}/filesystem/ls"),
+            Some(json!({"path": "/"})),
+        ),
+        (
+            "POST",
+            format!("/v1/sandbox/{id}/snapshot/create"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/v1/snapshot/restore".to_string(),
+            Some(json!({"snapshot_name": "mine"})),
+        ),
+        ("DELETE", "/v1/snapshot/mine".to_string(), None),
+    ] {
+        let r = as_other(method, &path, body);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.raw);
+    }
+    // Still there for its owner.
+    assert_eq!(
+        l0(&d, "GET", &format!("/v1/sandbox/{id}"), None).status,
+        200
+    );
+    assert_eq!(l0(&d, "GET", "/v1/snapshots", None).body["total_items"], 1);
+}

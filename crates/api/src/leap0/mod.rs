@@ -4,6 +4,9 @@
 
 mod dto;
 mod fs;
+mod multipart;
+mod process;
+mod search;
 mod snapshots;
 
 use axum::body::Body;

@@ -43,6 +43,7 @@ async fn create(
         None => format!("snap-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
     };
     // A paused sandbox is resumed first, as any request to it would.
+    st.engine.get_sandbox(&t, id)?;
     st.engine.running_sandbox(&p, id).await?;
     let snap = st
         .engine
