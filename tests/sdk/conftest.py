@@ -308,12 +308,22 @@ class SandboxFactory:
         errors = []
         while self.created:
             sb = self.created.pop()
-            try:
-                self.client.sandboxes.delete(sb.id)
-            except neevai.NotFoundError:
-                pass
-            except Exception as exc:
-                errors.append(f"{sb.id}: {exc!r}")
+            # A sandbox may be mid-operation (e.g. the idle enforcer pausing it): the server
+            # answers 409 for one operation at a time, so retry for a while.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    self.client.sandboxes.delete(sb.id)
+                except neevai.NotFoundError:
+                    pass
+                except neevai.ConflictError as exc:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        continue
+                    errors.append(f"{sb.id}: {exc!r}")
+                except Exception as exc:
+                    errors.append(f"{sb.id}: {exc!r}")
+                break
         if errors:
             raise AssertionError("failed to delete sandboxes: " + "; ".join(errors))
 

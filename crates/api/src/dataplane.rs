@@ -283,16 +283,16 @@ struct ExecReq {
     stdin: Option<String>,
 }
 
-/// The agent's start request for a data-plane command, and its audit target.
+/// The agent's start request for a data-plane command (the audit trail records only its
+/// program, from the engine: arguments may hold secrets).
 fn start_spec(
     command: &str,
     args: Vec<String>,
     cwd: Option<String>,
     env: Option<Vec<String>>,
     stdin: Option<String>,
-) -> Result<(StartSpec, Option<String>), ApiError> {
+) -> Result<StartSpec, ApiError> {
     let argv = argv(command, args)?;
-    let target = Some(argv.join(" ").chars().take(500).collect());
     let spec = StartSpec {
         argv,
         env: env_pairs(env)?,
@@ -301,7 +301,7 @@ fn start_spec(
         stdin_data: stdin.map(|s| B64.encode(s)),
         tag: None,
     };
-    Ok((spec, target))
+    Ok(spec)
 }
 
 async fn start_process(
@@ -313,8 +313,8 @@ async fn start_process(
     env: Option<Vec<String>>,
     stdin: Option<String>,
 ) -> Result<ProcInfo, ApiError> {
-    let (spec, target) = start_spec(command, args, cwd, env, stdin)?;
-    match c.call(tool, target, Request::Start(spec)).await? {
+    let spec = start_spec(command, args, cwd, env, stdin)?;
+    match c.call(tool, None, Request::Start(spec)).await? {
         Reply::Started(info) => Ok(info),
         _ => Err(unexpected()),
     }
@@ -325,7 +325,8 @@ async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
         async {
             let c = ctx(&st, &headers)?;
             let req: ExecReq = read_json(body, true).await?;
-            let (spec, target) = start_spec(&req.command, req.args, req.cwd, req.env, req.stdin)?;
+            let spec = start_spec(&req.command, req.args, req.cwd, req.env, req.stdin)?;
+            let program = sandboxd_engine::program_of(&spec.argv);
             // One agent round trip: start and follow on the same connection.
             let started = std::time::Instant::now();
             let mut stream =
@@ -339,7 +340,8 @@ async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
                 _ => Some("unavailable".to_string()),
             };
             let ms = started.elapsed().as_millis() as u64;
-            c.st.engine.audit_event(c.id, "exec", target, reason, ms);
+            c.st.engine
+                .audit_event(c.id, "exec", program, None, reason, ms);
             let info = match first {
                 Some(Ok(Reply::Started(info))) => info,
                 Some(Ok(Reply::Error { code, message })) => {

@@ -15,7 +15,7 @@ pub mod tenant;
 pub mod validate;
 
 pub use error::CoreError;
-pub use lifetime::{Lifetime, TimeoutAction};
+pub use lifetime::{Lifetime, OnIdle, TimeoutAction, Windows};
 pub use resources::Resources;
 pub use sandbox::{EnvVar, NetSlot, Sandbox, SandboxId};
 pub use snapshot::{Snapshot, SnapshotStatus};

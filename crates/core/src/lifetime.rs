@@ -55,9 +55,115 @@ impl Lifetime {
     }
 }
 
+/// What an idle sandbox turns into (NeevCloud `on_idle`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIdle {
+    #[default]
+    Pause,
+    Delete,
+}
+
+/// The NeevCloud timeout windows besides the idle timeout itself (`Sandbox::timeout_secs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Windows {
+    /// Seconds from creation after which the sandbox is deleted.
+    pub max_lifetime_secs: Option<u64>,
+    /// Seconds a paused sandbox is kept before it is deleted.
+    pub paused_retention_secs: Option<u64>,
+    pub on_idle: OnIdle,
+}
+
+fn after(t: DateTime<Utc>, secs: u64) -> Option<DateTime<Utc>> {
+    t.checked_add_signed(Duration::seconds(i64::try_from(secs).ok()?))
+}
+
+impl Windows {
+    /// When a running sandbox idle since `last_activity` with idle timeout `idle_secs` expires.
+    pub fn idle_expires_at(
+        idle_secs: Option<u64>,
+        last_activity: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        after(last_activity, idle_secs.filter(|s| *s > 0)?)
+    }
+
+    /// The action due at `now` for a sandbox that is running (`running`) or paused (since
+    /// `paused_since`), created at `created`, idle since `last_activity`.
+    pub fn due(
+        &self,
+        running: bool,
+        idle_secs: Option<u64>,
+        created: DateTime<Utc>,
+        last_activity: DateTime<Utc>,
+        paused_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<TimeoutAction> {
+        if self
+            .max_lifetime_secs
+            .and_then(|s| after(created, s))
+            .is_some_and(|t| now >= t)
+        {
+            return Some(TimeoutAction::Delete);
+        }
+        if running {
+            let idle = Self::idle_expires_at(idle_secs, last_activity)?;
+            (now >= idle).then_some(match self.on_idle {
+                OnIdle::Pause => TimeoutAction::Pause,
+                OnIdle::Delete => TimeoutAction::Delete,
+            })
+        } else {
+            let end = after(paused_since, self.paused_retention_secs?)?;
+            (now >= end).then_some(TimeoutAction::Delete)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neevcloud_windows() {
+        let t0 = Utc::now();
+        let s = |n: i64| t0 + Duration::seconds(n);
+        let w = Windows::default();
+        // Idle: pause by default, delete when asked; nothing without a timeout.
+        assert_eq!(w.due(true, Some(10), t0, t0, t0, s(9)), None);
+        assert_eq!(
+            w.due(true, Some(10), t0, t0, t0, s(10)),
+            Some(TimeoutAction::Pause)
+        );
+        assert_eq!(w.due(true, None, t0, t0, t0, s(1000)), None);
+        assert_eq!(w.due(true, Some(0), t0, t0, t0, s(1000)), None);
+        let del = Windows {
+            on_idle: OnIdle::Delete,
+            ..w
+        };
+        assert_eq!(del.due(true, Some(10), t0, s(5), t0, s(14)), None);
+        assert_eq!(
+            del.due(true, Some(10), t0, s(5), t0, s(15)),
+            Some(TimeoutAction::Delete)
+        );
+        // Max lifetime deletes, running or paused; paused retention deletes paused ones.
+        let life = Windows {
+            max_lifetime_secs: Some(60),
+            ..w
+        };
+        assert_eq!(
+            life.due(false, None, t0, t0, t0, s(60)),
+            Some(TimeoutAction::Delete)
+        );
+        let keep = Windows {
+            paused_retention_secs: Some(30),
+            ..w
+        };
+        assert_eq!(keep.due(false, Some(1), t0, t0, s(10), s(39)), None);
+        assert_eq!(
+            keep.due(false, Some(1), t0, t0, s(10), s(40)),
+            Some(TimeoutAction::Delete)
+        );
+        assert_eq!(keep.due(true, None, t0, t0, s(10), s(40)), None);
+    }
 
     #[test]
     fn unlimited_is_never_due() {

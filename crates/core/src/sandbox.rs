@@ -101,6 +101,9 @@ pub struct Sandbox {
     /// Idle timeout in seconds, after which the sandbox is stopped; `None` = never.
     pub timeout_secs: Option<u64>,
     pub last_activity_at: DateTime<Utc>,
+    /// NeevCloud `max_lifetime_seconds`, `paused_retention_seconds`, `on_idle`.
+    #[serde(default)]
+    pub windows: crate::Windows,
     /// While paused with memory: the checkpoint image resume restores from.
     #[serde(default)]
     pub paused_image: Option<String>,

@@ -26,10 +26,10 @@ use sandboxd_runtime::{Runtime, RuntimeError};
 use thiserror::Error;
 
 pub use agent_client::AgentError;
-pub use audit::AuditRecord;
+pub use audit::{program_of, AuditPage, AuditRecord};
 pub use lifetime::Retry;
 pub use observe::{Lifecycle, Observed};
-pub use sandboxes::CreateSandbox;
+pub use sandboxes::{CreateSandbox, TimeoutUpdate};
 pub use snapshots::CreateSnapshot;
 pub use templates::{Template, TemplateStatus, Templates};
 

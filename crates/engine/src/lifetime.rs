@@ -164,8 +164,22 @@ impl Engine {
         };
         retry.forget_except(&all);
         let mut done = Vec::new();
-        for sb in all.into_iter().filter(|s| s.state == SandboxState::Running) {
-            let Some(action) = sb.lifetime.due(now) else {
+        for sb in all
+            .into_iter()
+            .filter(|s| matches!(s.state, SandboxState::Running | SandboxState::Paused))
+        {
+            let running = sb.state == SandboxState::Running;
+            let leap0 = if running { sb.lifetime.due(now) } else { None };
+            let Some(action) = leap0.or_else(|| {
+                sb.windows.due(
+                    running,
+                    sb.timeout_secs,
+                    sb.created_at,
+                    sb.last_activity_at,
+                    sb.updated_at,
+                    now,
+                )
+            }) else {
                 continue;
             };
             if !retry.ready(sb.id) {

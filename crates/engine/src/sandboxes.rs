@@ -17,6 +17,15 @@ use crate::agent_client::{self, ReplyStream};
 use crate::templates::{Template, TemplateStatus};
 use crate::{agent_addr, AuditRecord, Engine, EngineError};
 
+/// A change of timeout windows; `None` fields stay as they are, `Some(0)` turns one off.
+#[derive(Debug, Clone, Default)]
+pub struct TimeoutUpdate {
+    pub idle_secs: Option<u64>,
+    pub max_lifetime_secs: Option<u64>,
+    pub paused_retention_secs: Option<u64>,
+    pub on_idle: Option<sandboxd_core::OnIdle>,
+}
+
 /// A validated create request, in core units. Front-ends resolve the template first.
 #[derive(Debug, Clone)]
 pub struct CreateSandbox {
@@ -208,6 +217,7 @@ impl Engine {
             updated_at: now,
             timeout_secs: req.timeout_secs,
             last_activity_at: now,
+            windows: Default::default(),
             paused_image: None,
             snapshot_frequency: req.snapshot_frequency,
             lifetime: req.lifetime,
@@ -449,16 +459,27 @@ impl Engine {
         Ok(sb)
     }
 
-    /// Sets the idle timeout (seconds; `Some(0)` or `None` = never).
+    /// Updates the timeout windows: each given field replaces the old value (0 = off); absent
+    /// fields stay. Restarts the idle clock.
     pub fn set_timeout(
         &self,
         tenant: &Tenant,
         id: SandboxId,
-        timeout_secs: Option<Option<u64>>,
+        u: TimeoutUpdate,
     ) -> Result<Sandbox, EngineError> {
         let mut sb = self.load(tenant, id)?;
-        if let Some(t) = timeout_secs {
-            sb.timeout_secs = t.filter(|v| *v > 0);
+        let on = |v: u64| (v > 0).then_some(v);
+        if let Some(t) = u.idle_secs {
+            sb.timeout_secs = on(t);
+        }
+        if let Some(t) = u.max_lifetime_secs {
+            sb.windows.max_lifetime_secs = on(t);
+        }
+        if let Some(t) = u.paused_retention_secs {
+            sb.windows.paused_retention_secs = on(t);
+        }
+        if let Some(o) = u.on_idle {
+            sb.windows.on_idle = o;
         }
         sb.last_activity_at = Utc::now();
         self.save(&mut sb)?;
@@ -471,17 +492,22 @@ impl Engine {
         id: SandboxId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        after_seq: u64,
+        before_seq: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<AuditRecord>, EngineError> {
+    ) -> Result<crate::AuditPage, EngineError> {
         self.load(tenant, id)?;
-        Ok(self.audit.list(id, from, to, after_seq, limit))
+        Ok(self.audit.list(id, from, to, before_seq, limit, Utc::now()))
     }
 
     /// Checks a data-plane call may run now and marks activity.
     fn running_for(&self, principal: &Principal, id: SandboxId) -> Result<Sandbox, EngineError> {
         let sb = self.sandbox_for(principal, id)?;
         sb.state.check(Op::Exec)?;
+        // The idle clock: at most one write a second per sandbox, of that field alone.
+        let now = Utc::now();
+        if now - sb.last_activity_at > chrono::Duration::seconds(1) {
+            self.meta.touch_sandbox(id, now)?;
+        }
         Ok(sb)
     }
 
@@ -498,6 +524,10 @@ impl Engine {
         let net = sb
             .net
             .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
+        let command = match &req {
+            Request::Start(spec) | Request::StartFollow(spec) => crate::program_of(&spec.argv),
+            _ => None,
+        };
         let started = Instant::now();
         let result = agent_client::call(agent_addr(net), &req).await;
         let (success, reason) = match &result {
@@ -511,6 +541,7 @@ impl Engine {
                 seq: 0,
                 at: Utc::now(),
                 tool: tool.to_string(),
+                command,
                 target,
                 success,
                 reason_code: reason,
@@ -525,6 +556,7 @@ impl Engine {
         &self,
         id: SandboxId,
         tool: &str,
+        command: Option<String>,
         target: Option<String>,
         reason_code: Option<String>,
         duration_ms: u64,
@@ -535,6 +567,7 @@ impl Engine {
                 seq: 0,
                 at: Utc::now(),
                 tool: tool.to_string(),
+                command,
                 target,
                 success: reason_code.is_none(),
                 reason_code,

@@ -181,6 +181,7 @@ mod tests {
             updated_at: now,
             timeout_secs: None,
             last_activity_at: now,
+            windows: Default::default(),
             paused_image: None,
             snapshot_frequency: freq.map(str::to_string),
             lifetime: Default::default(),

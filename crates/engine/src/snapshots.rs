@@ -236,6 +236,7 @@ impl Engine {
             updated_at: now,
             timeout_secs: None,
             last_activity_at: now,
+            windows: Default::default(),
             paused_image: None,
             snapshot_frequency: None,
             lifetime: Default::default(),

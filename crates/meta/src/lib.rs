@@ -51,6 +51,12 @@ pub trait MetaStore: Send + Sync {
     /// the name is taken in its tenant.
     fn insert_sandbox(&self, sandbox: &mut Sandbox) -> Result<(), MetaError>;
     fn update_sandbox(&self, sandbox: &Sandbox) -> Result<(), MetaError>;
+    /// Sets only `last_activity_at` (data-plane activity), leaving the rest of the record as is.
+    fn touch_sandbox(
+        &self,
+        id: SandboxId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), MetaError>;
     fn get_sandbox(&self, id: SandboxId) -> Result<Option<Sandbox>, MetaError>;
     /// Sandboxes of one tenant, oldest first.
     fn list_sandboxes(

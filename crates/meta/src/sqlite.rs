@@ -201,6 +201,22 @@ impl MetaStore for SqliteStore {
         })
     }
 
+    fn touch_sandbox(
+        &self,
+        id: SandboxId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), MetaError> {
+        // Only the one field: a concurrent lifecycle write of the whole record must not be
+        // undone by a data-plane call that read the record before it.
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET record = json_set(record, '$.last_activity_at', ?2) WHERE id = ?1",
+                params![id.to_string(), serde_json::to_value(at).map_err(MetaError::Corrupt)?.as_str()],
+            )?;
+            Ok(())
+        })
+    }
+
     fn update_sandbox(&self, sandbox: &Sandbox) -> Result<(), MetaError> {
         self.with(|c| {
             c.execute(
@@ -444,6 +460,7 @@ mod tests {
             updated_at: now,
             timeout_secs: None,
             last_activity_at: now,
+            windows: Default::default(),
             paused_image: None,
             snapshot_frequency: None,
             lifetime: Default::default(),

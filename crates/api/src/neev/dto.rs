@@ -274,6 +274,14 @@ pub fn sandbox_view(sb: &Sandbox, connect_url: &str) -> Value {
         "sandbox_template_id": sb.template_id,
         "created_by": sb.created_by,
         "idle_timeout_seconds": sb.timeout_secs,
+        "idle_expires_at": if sb.state == SandboxState::Running {
+            sandboxd_core::Windows::idle_expires_at(sb.timeout_secs, sb.last_activity_at).map(ts)
+        } else {
+            None
+        },
+        "max_lifetime_seconds": sb.windows.max_lifetime_secs,
+        "paused_retention_seconds": sb.windows.paused_retention_secs,
+        "on_idle": sb.windows.on_idle,
         "snapshot_mode": if sb.snapshot_frequency.is_some() { "automatic" } else { "manual" },
         "snapshot_frequency": sb.snapshot_frequency,
         "created_at": ts(sb.created_at),

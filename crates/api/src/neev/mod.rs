@@ -139,7 +139,8 @@ async fn list(
     let matching: Vec<_> = all
         .items
         .iter()
-        .filter(|s| name.is_none_or(|n| s.name == n))
+        // `name` is a case-insensitive substring filter, as the SDK documents it.
+        .filter(|s| name.is_none_or(|n| s.name.to_lowercase().contains(&n.to_lowercase())))
         .filter(|s| status.is_none_or(|f| dto::phase_matches(f, s.state)))
         .filter(|s| sandbox_id.is_none_or(|i| s.id.to_string() == i))
         .collect();
@@ -340,14 +341,7 @@ struct TimeoutReq {
     idle_timeout_seconds: Option<u64>,
     max_lifetime_seconds: Option<u64>,
     paused_retention_seconds: Option<u64>,
-    on_idle: Option<OnIdle>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum OnIdle {
-    Pause,
-    Delete,
+    on_idle: Option<sandboxd_core::OnIdle>,
 }
 
 async fn set_timeout(
@@ -356,14 +350,16 @@ async fn set_timeout(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: TimeoutReq = read_json(body, true).await?;
-    let _ = (
-        req.max_lifetime_seconds,
-        req.paused_retention_seconds,
-        req.on_idle,
-    );
-    let sb = st
-        .engine
-        .set_timeout(&s.tenant, s.sandbox.id, req.idle_timeout_seconds.map(Some))?;
+    let sb = st.engine.set_timeout(
+        &s.tenant,
+        s.sandbox.id,
+        sandboxd_engine::TimeoutUpdate {
+            idle_secs: req.idle_timeout_seconds,
+            max_lifetime_secs: req.max_lifetime_seconds,
+            paused_retention_secs: req.paused_retention_seconds,
+            on_idle: req.on_idle,
+        },
+    )?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 
@@ -389,34 +385,29 @@ async fn audit(
         return Err(ApiError::invalid("from", "must not be after to"));
     }
     let limit = query_int(&pairs, "limit", 1, 1000, 100)? as usize;
-    let after: u64 = match query_str(&pairs, "cursor") {
-        Some(c) => c
-            .parse()
-            .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))?,
-        None => 0,
+    let before: Option<u64> = match query_str(&pairs, "cursor") {
+        Some(c) => Some(
+            c.parse()
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))?,
+        ),
+        None => None,
     };
-    let records = st
+    let page = st
         .engine
-        .audit_trail(&s.tenant, s.sandbox.id, from, to, after, limit + 1)?;
-    let truncated = records.len() > limit;
-    let records: Vec<_> = records.into_iter().take(limit).collect();
-    let next = if truncated {
-        records.last().map(|r| r.seq.to_string())
-    } else {
-        None
-    };
+        .audit_trail(&s.tenant, s.sandbox.id, from, to, before, limit)?;
     Ok(Json(json!({
         "sandbox_id": s.sandbox.id,
         "from": ts(from),
         "to": ts(to),
         "retention_days": 1,
-        "window_truncated": truncated,
-        "next_cursor": next,
-        "records": records.iter().map(|r| json!({
+        "window_truncated": page.window_truncated,
+        "next_cursor": page.next_before.map(|s| s.to_string()),
+        "records": page.records.iter().map(|r| json!({
             "id": format!("{}-{}", s.sandbox.id.short(), r.seq),
             "seq": r.seq,
             "at": ts(r.at),
             "tool": r.tool,
+            "command": r.command,
             "target": r.target,
             "outcome": if r.success { "success" } else { "error" },
             "reason_code": r.reason_code,
