@@ -12,6 +12,9 @@ Environment overrides:
   SANDBOXD_TEMPLATES_DIR  template root (default: /var/lib/sandboxd/templates)
   SDK_TEST_SUBNET_OCTET   --subnet-octet (default: 211; must differ from other daemons)
   SDK_TEST_KEEP_DATA      if set, keep the data dir (and its sandboxd.log) after the run
+
+The `leap0` SDK suite (test_leap0.py) shares the daemon: LEAP0_BASE_URL and LEAP0_API_KEY
+are set beside the NEEV_* variables, and `leap0_client` is a client built from them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+if sys.version_info < (3, 12):
+    # leap0 0.8.0 declares its wire schemas with typing.TypedDict, which pydantic accepts only
+    # on Python >= 3.12 (scripts/test-sdk picks one when the machine has it). Elsewhere the
+    # stdlib name is pointed at typing_extensions' implementation; the SDK itself is unchanged.
+    import typing
+
+    import typing_extensions
+
+    typing.TypedDict = typing_extensions.TypedDict  # type: ignore[misc]
 
 import neevai
 
@@ -225,12 +239,16 @@ def sandboxd():
     gc.disable()  # see _per_test_guard
     daemon = _start_daemon()
     saved = {k: os.environ.get(k) for k in
-             ("NEEV_API_KEY", "NEEV_ORG_ID", "NEEV_PROJECT_ID", "NEEV_BASE_URL")}
+             ("NEEV_API_KEY", "NEEV_ORG_ID", "NEEV_PROJECT_ID", "NEEV_BASE_URL",
+              "LEAP0_API_KEY", "LEAP0_BASE_URL")}
     os.environ.update({
         "NEEV_API_KEY": daemon.api_key,
         "NEEV_ORG_ID": ORG,
         "NEEV_PROJECT_ID": PROJECT,
         "NEEV_BASE_URL": daemon.base_url,
+        # The Leap0 dialect takes the same key; its tenant is the key's org/project.
+        "LEAP0_API_KEY": daemon.api_key,
+        "LEAP0_BASE_URL": daemon.base_url,
     })
     try:
         yield daemon
@@ -350,3 +368,13 @@ def workdir(debian) -> str:
         debian.files.remove(d, recursive=True)
     except neevai.NotFoundError:
         pass
+
+
+@pytest.fixture(scope="session")
+def leap0_client(sandboxd):
+    """A `leap0` SDK client configured purely from LEAP0_* env vars, as users do."""
+    import leap0  # imported here so the neevai suite runs where leap0 is not installed
+
+    c = leap0.Leap0Client()
+    yield c
+    c.close()

@@ -133,6 +133,11 @@ pub struct FileInfo {
     pub mode: u32,
     pub modified_ms: u64,
     pub symlink_target: Option<String>,
+    /// Owner and group ids (older agents do not send them).
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -712,6 +712,8 @@ fn stat(path: &Path) -> std::io::Result<FileInfo> {
         modified_ms: (md.mtime().max(0) as u64) * 1000
             + (md.mtime_nsec().max(0) as u64) / 1_000_000,
         symlink_target,
+        uid: md.uid(),
+        gid: md.gid(),
     })
 }
 

@@ -886,6 +886,8 @@ mod tests {
             mode: 0o755,
             modified_ms: 0,
             symlink_target: None,
+            uid: 0,
+            gid: 0,
         };
         let v = entry_json(&f);
         assert_eq!(v["permissions"], "drwxr-xr-x");

@@ -153,6 +153,9 @@ impl IntoResponse for ApiError {
                         .strip_prefix(&format!("{f}: "))
                         .unwrap_or(&self.message);
                     v["errors"] = json!([{"field": f, "error": msg}]);
+                } else if self.status == StatusCode::BAD_REQUEST {
+                    // The spec's 400 shape always carries `errors`.
+                    v["errors"] = json!([{"field": "body", "error": self.message}]);
                 }
                 v
             }

@@ -4,10 +4,12 @@
 //! - `neev`: the NeevCloud `v1beta1` control plane (`/api/v1beta1/...`).
 //! - `dataplane`: the NeevCloud SDK data plane at `connect_url` (`/v1/exec`, `/v1/processes/*`,
 //!   `/v1/files/*`), addressed with `X-Sandbox-Id`.
+//! - `leap0`: Leap0 `v1` (`/v1/sandbox/...`, `/v1/snapshot/...`), the tenant from the key.
 
 pub mod body;
 mod dataplane;
 pub mod error;
+mod leap0;
 mod neev;
 mod observe;
 mod query;
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(neev::routes())
         .merge(dataplane::routes())
+        .merge(leap0::routes())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

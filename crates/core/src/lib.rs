@@ -6,6 +6,7 @@
 pub mod cron;
 pub mod error;
 pub mod fault;
+pub mod lifetime;
 pub mod resources;
 pub mod sandbox;
 pub mod snapshot;
@@ -14,6 +15,7 @@ pub mod tenant;
 pub mod validate;
 
 pub use error::CoreError;
+pub use lifetime::{Lifetime, TimeoutAction};
 pub use resources::Resources;
 pub use sandbox::{EnvVar, NetSlot, Sandbox, SandboxId};
 pub use snapshot::{Snapshot, SnapshotStatus};

@@ -107,6 +107,13 @@ pub struct Sandbox {
     /// `snapshot_mode: automatic`: the five-field cron expression snapshots are taken on.
     #[serde(default)]
     pub snapshot_frequency: Option<String>,
+    /// Run-time limit and what happens at it (Leap0 `timeout`, `auto_pause`).
+    #[serde(default)]
+    pub lifetime: crate::Lifetime,
+    /// The Leap0 `network_policy` as given, validated and stored verbatim; enforcing it is
+    /// the egress engine's job.
+    #[serde(default)]
+    pub network_policy: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

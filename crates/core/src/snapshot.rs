@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The source sandbox's network policy, reused by restores that do not override it.
+    #[serde(default)]
+    pub network_policy: Option<serde_json::Value>,
 }
 
 /// Snapshot names: `^[a-z0-9-]{1,40}$`.

@@ -41,6 +41,13 @@ pub struct ServeArgs {
     /// Memory (MiB) the node may commit to sandboxes (default: 90% of physical memory).
     #[arg(long, env = "SANDBOXD_NODE_MEMORY_MIB")]
     pub node_memory_mib: Option<u64>,
+    /// CPU (thousandths of a core) the node may commit to sandboxes (default: 8 × this host's
+    /// CPUs, i.e. 8:1 overcommit of the measured core count).
+    #[arg(long, env = "SANDBOXD_NODE_CPU_MILLIS")]
+    pub node_cpu_millis: Option<u64>,
+    /// How often run-time limits (Leap0 `timeout`) are enforced, in milliseconds.
+    #[arg(long, env = "SANDBOXD_LIFETIME_CHECK_MS", default_value_t = 1000)]
+    pub lifetime_check_ms: u64,
     /// The static agent binary (default: `sandboxd-agent` beside this executable).
     #[arg(long, env = "SANDBOXD_AGENT")]
     pub agent_binary: Option<PathBuf>,
@@ -177,6 +184,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         node_memory_mib: a
             .node_memory_mib
             .unwrap_or_else(|| physical_memory_mib() * 9 / 10),
+        node_cpu_millis: a.node_cpu_millis.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+            cpus * 1000 * 8
+        }),
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::new(
@@ -199,6 +210,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .collect();
     sandboxd_runtime::netns::claim_subnet(a.subnet_octet, &own, a.reclaim_subnet)?;
     tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
+    tokio::spawn(
+        engine
+            .clone()
+            .watch_lifetimes(Duration::from_millis(a.lifetime_check_ms.max(100))),
+    );
     tokio::spawn(
         engine
             .clone()

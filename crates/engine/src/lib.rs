@@ -6,7 +6,9 @@
 
 pub mod agent_client;
 mod audit;
+pub mod files;
 pub mod keys;
+mod lifetime;
 mod observe;
 mod sandboxes;
 pub mod schedule;
@@ -25,6 +27,7 @@ use thiserror::Error;
 
 pub use agent_client::AgentError;
 pub use audit::AuditRecord;
+pub use lifetime::Retry;
 pub use observe::{Lifecycle, Observed};
 pub use sandboxes::CreateSandbox;
 pub use snapshots::CreateSnapshot;
@@ -65,6 +68,8 @@ pub struct EngineConfig {
     pub max_sandboxes_per_org: u64,
     /// Memory (MiB) the node may promise to sandboxes in total (503 past it).
     pub node_memory_mib: u64,
+    /// CPU (thousandths of a core) the node may promise to sandboxes in total (503 past it).
+    pub node_cpu_millis: u64,
     /// How long a new sandbox's agent may take to answer.
     pub agent_ready_timeout: Duration,
 }
@@ -75,6 +80,7 @@ impl Default for EngineConfig {
             region: "local".into(),
             max_sandboxes_per_org: 100,
             node_memory_mib: 64 * 1024,
+            node_cpu_millis: u64::MAX,
             agent_ready_timeout: Duration::from_secs(20),
         }
     }

@@ -30,6 +30,10 @@ pub struct CreateSandbox {
     pub timeout_secs: Option<u64>,
     /// Automatic snapshots on this five-field cron schedule (validated by the front-end).
     pub snapshot_frequency: Option<String>,
+    /// Run-time limit (Leap0 `timeout`); the clock starts once the sandbox runs.
+    pub lifetime: sandboxd_core::Lifetime,
+    /// Leap0 `network_policy`, validated by the front-end, stored verbatim.
+    pub network_policy: Option<serde_json::Value>,
 }
 
 impl Engine {
@@ -128,17 +132,35 @@ impl Engine {
             ))
             .into());
         }
-        let promised: u64 = self
+        self.admit_on_node(resources)
+    }
+
+    /// The node-capacity half of admission: memory (and CPU) promised to sandboxes that hold
+    /// a container now, plus `resources`, must fit the node (503 otherwise).
+    pub(crate) fn admit_on_node(&self, resources: &Resources) -> Result<(), EngineError> {
+        let live: Vec<Sandbox> = self
             .meta
             .all_sandboxes()?
-            .iter()
-            .filter(|s| s.state.expects_container() || s.state == SandboxState::Starting)
-            .map(|s| u64::from(s.resources.memory_mib))
-            .sum();
+            .into_iter()
+            .filter(|s| {
+                s.state.expects_container()
+                    || matches!(s.state, SandboxState::Starting | SandboxState::Resuming)
+            })
+            .collect();
+        let promised: u64 = live.iter().map(|s| u64::from(s.resources.memory_mib)).sum();
         if promised + u64::from(resources.memory_mib) > self.cfg.node_memory_mib {
             return Err(CoreError::Unavailable(format!(
-                "node has no capacity left: {promised} MiB of {} MiB committed",
+                "node has no capacity left: {promised} MiB of {} MiB memory committed",
                 self.cfg.node_memory_mib
+            ))
+            .into());
+        }
+        let cpu: u64 = live.iter().map(|s| u64::from(s.resources.cpu_millis)).sum();
+        if cpu + u64::from(resources.cpu_millis) > self.cfg.node_cpu_millis {
+            return Err(CoreError::Unavailable(format!(
+                "node has no capacity left: {} of {} vCPU committed",
+                cpu as f64 / 1000.0,
+                self.cfg.node_cpu_millis as f64 / 1000.0
             ))
             .into());
         }
@@ -188,6 +210,8 @@ impl Engine {
             last_activity_at: now,
             paused_image: None,
             snapshot_frequency: req.snapshot_frequency,
+            lifetime: req.lifetime,
+            network_policy: req.network_policy,
         };
         tracing::Span::current().record("sandbox_id", sb.id.to_string());
         self.meta.insert_sandbox(&mut sb)?;
@@ -196,6 +220,7 @@ impl Engine {
         match self.boot(&sb, req.template).await {
             Ok(()) => {
                 sb.state = SandboxState::Running;
+                sb.lifetime.restart(Utc::now());
                 self.save(&mut sb)?;
                 info!(ms = started.elapsed().as_millis() as u64, "sandbox running");
                 Ok(sb)
@@ -402,6 +427,7 @@ impl Engine {
                 sb.state = SandboxState::Running;
                 sb.status_message = None;
                 sb.last_activity_at = Utc::now();
+                sb.lifetime.restart(sb.last_activity_at);
                 self.save(&mut sb)?;
                 self.lifecycle.restarted(id);
                 Ok(sb)

@@ -183,6 +183,8 @@ mod tests {
             last_activity_at: now,
             paused_image: None,
             snapshot_frequency: freq.map(str::to_string),
+            lifetime: Default::default(),
+            network_policy: None,
         }
     }
 
@@ -221,6 +223,7 @@ mod tests {
             created_at: t0,
             updated_at: t0,
             expires_at: None,
+            network_policy: None,
         };
         assert_eq!(byte_hours(&s, t0), 0.0);
         assert_eq!(

@@ -114,6 +114,7 @@ impl Engine {
             created_at: now,
             updated_at: now,
             expires_at: req.retain_for.map(|d| now + d),
+            network_policy: sb.network_policy.clone(),
         };
         self.meta.insert_snapshot(&snap)?;
         snap.status = SnapshotStatus::Running;
@@ -237,6 +238,8 @@ impl Engine {
             last_activity_at: now,
             paused_image: None,
             snapshot_frequency: None,
+            lifetime: Default::default(),
+            network_policy: snap.network_policy.clone(),
         };
         self.meta.insert_sandbox(&mut sb)?;
         fault::point("restore.recorded");

@@ -446,6 +446,8 @@ mod tests {
             last_activity_at: now,
             paused_image: None,
             snapshot_frequency: None,
+            lifetime: Default::default(),
+            network_policy: None,
         }
     }
 

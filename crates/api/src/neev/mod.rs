@@ -247,6 +247,8 @@ async fn create(
                 command: req.command.unwrap_or_default(),
                 timeout_secs,
                 snapshot_frequency,
+                lifetime: Default::default(),
+                network_policy: None,
             },
         )
         .await?;

@@ -1,0 +1,733 @@
+//! Leap0 v1 dialect, black-box against the real daemon: a table of bad requests, the org
+//! limit (429), node capacity (503), and one sandbox seen through both dialects.
+
+mod common;
+
+use common::{call, call_raw, Daemon};
+use serde_json::{json, Value};
+
+fn l0(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> common::Resp {
+    call(&d.key, method, &format!("{}{path}", d.url), body)
+}
+
+fn create(d: &Daemon, body: Value) -> Value {
+    let r = l0(d, "POST", "/v1/sandbox", Some(body));
+    assert_eq!(r.status, 201, "create: {}\n{}", r.raw, d.log());
+    assert_eq!(r.body["state"], "running", "{}", r.raw);
+    r.body
+}
+
+#[test]
+fn bad_requests_get_leap0_errors_naming_the_field() {
+    let d = Daemon::start();
+    let sb = create(&d, json!({"template_name": "sb-busybox"}));
+    let id = sb["id"].as_str().unwrap();
+    let snap = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/snapshot/create"),
+        Some(json!({"name": "taken"})),
+    );
+    assert_eq!(snap.status, 201, "{}", snap.raw);
+
+    let bb = |extra: Value| {
+        let mut b = json!({"template_name": "sb-busybox"});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let sbp = |p: &str| format!("/v1/sandbox/{id}{p}");
+    // (method, path, body, status, field)
+    let cases: Vec<(&str, String, Value, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"timeout": 0})),
+            400,
+            "timeout",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"timeout": 28_801})),
+            400,
+            "timeout",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"timeout_min": 0})),
+            400,
+            "timeout_min",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"timeout_min": 481})),
+            400,
+            "timeout_min",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"timeout": 60, "timeout_min": 1})),
+            400,
+            "timeout_min",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"timeout": "300"})),
+            400,
+            "timeout",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"vcpu": "two"})),
+            400,
+            "vcpu",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"vcpu": 9})),
+            400,
+            "vcpu",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"memory": 1023})),
+            400,
+            "memory",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"memory_mib": 256})),
+            400,
+            "memory_mib",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"memory": 1024, "memory_mib": 1024})),
+            400,
+            "memory_mib",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"auto_pause": "yes"})),
+            400,
+            "auto_pause",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"env_vars": {"1BAD": "x"}})),
+            400,
+            "env_vars.1BAD",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"bogus": 1})),
+            400,
+            "bogus",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            json!({"template_name": 5}),
+            400,
+            "template_name",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            json!({"template_name": "system/nope:1"}),
+            400,
+            "template_name",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "open"}})),
+            400,
+            "network_policy.mode",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "custom",
+            "allow_domains": vec!["example.com"; 51]}})),
+            400,
+            "network_policy.allow_domains",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "custom",
+            "allow_domains": ["ok.example.com", "no_underscores.example.com"]}})),
+            400,
+            "network_policy.allow_domains[1]",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "custom",
+            "allow_cidrs": ["10.0.0.0/33"]}})),
+            400,
+            "network_policy.allow_cidrs[0]",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "custom",
+            "allow_cidrs": ["10.0.0.0/8", "300.1.1.1/32"]}})),
+            400,
+            "network_policy.allow_cidrs[1]",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "custom",
+            "allow_cidrs": vec!["10.0.0.0/8"; 11]}})),
+            400,
+            "network_policy.allow_cidrs",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "custom",
+            "transforms": vec![json!({"domain": "api.example.com"}); 21]}})),
+            400,
+            "network_policy.transforms",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"network_policy": {"mode": "deny-all",
+            "allow_domains": ["example.com"]}})),
+            400,
+            "network_policy.allow_domains",
+        ),
+        (
+            "POST",
+            "/v1/sandbox".into(),
+            bb(json!({"mounts": [{"type": "object-storage"}]})),
+            400,
+            "mounts",
+        ),
+        (
+            "POST",
+            sbp("/snapshot/create"),
+            json!({"name": "bad name!"}),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            sbp("/snapshot/create"),
+            json!({"name": ""}),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            sbp("/snapshot/create"),
+            json!({"name": "x".repeat(65)}),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            sbp("/snapshot/create"),
+            json!({"name": "-leading-dash"}),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            sbp("/snapshot/create"),
+            json!({"name": "taken"}),
+            409,
+            "",
+        ),
+        (
+            "POST",
+            sbp("/snapshot/create"),
+            json!({"kill_sandbox_after": "no"}),
+            400,
+            "kill_sandbox_after",
+        ),
+        (
+            "POST",
+            "/v1/snapshot/restore".into(),
+            json!({"snapshot_name": "never-made"}),
+            404,
+            "",
+        ),
+        (
+            "POST",
+            "/v1/snapshot/resume".into(),
+            json!({"snapshot_name": "taken", "timeout_min": 481}),
+            400,
+            "timeout_min",
+        ),
+        (
+            "POST",
+            "/v1/snapshot/resume".into(),
+            json!({"snapshot_name": "taken", "timeout_min": 0}),
+            400,
+            "timeout_min",
+        ),
+        (
+            "POST",
+            "/v1/snapshot/restore".into(),
+            json!({"snapshot_name": 7}),
+            400,
+            "snapshot_name",
+        ),
+        (
+            "POST",
+            "/v1/snapshot/restore".into(),
+            json!({}),
+            400,
+            "snapshot_name",
+        ),
+        (
+            "POST",
+            "/v1/snapshot/restore".into(),
+            json!({"snapshot_name": "taken",
+            "network_policy": {"mode": "custom", "allow_cidrs": ["nope"]}}),
+            400,
+            "network_policy.allow_cidrs[0]",
+        ),
+        (
+            "DELETE",
+            "/v1/snapshot/never-made".into(),
+            Value::Null,
+            404,
+            "",
+        ),
+        (
+            "POST",
+            sbp("/process/execute"),
+            json!({"command": ""}),
+            400,
+            "command",
+        ),
+        (
+            "POST",
+            sbp("/process/execute"),
+            json!({"command": "true", "timeout": 0}),
+            400,
+            "timeout",
+        ),
+        (
+            "POST",
+            sbp("/process/execute"),
+            json!({"cmd": "true"}),
+            400,
+            "cmd",
+        ),
+        (
+            "POST",
+            sbp("/filesystem/read-file"),
+            json!({"path": "/nope"}),
+            404,
+            "",
+        ),
+        (
+            "POST",
+            sbp("/filesystem/read-file"),
+            json!({"path": "/etc/hostname", "head": 1, "tail": 1}),
+            400,
+            "tail",
+        ),
+        (
+            "POST",
+            sbp("/filesystem/mkdir"),
+            json!({"path": "/tmp/x", "permissions": "999"}),
+            400,
+            "permissions",
+        ),
+        (
+            "POST",
+            sbp("/filesystem/edit-file"),
+            json!({"path": "/etc/hostname", "edits": []}),
+            400,
+            "edits",
+        ),
+        (
+            "POST",
+            sbp("/filesystem/tree"),
+            json!({"path": "/", "max_depth": 0}),
+            400,
+            "max_depth",
+        ),
+        (
+            "GET",
+            format!("/v1/sandbox/{}", uuid_like()),
+            Value::Null,
+            404,
+            "",
+        ),
+        (
+            "GET",
+            "/v1/sandbox/not-a-sandbox".into(),
+            Value::Null,
+            404,
+            "",
+        ),
+        (
+            "GET",
+            "/v1/sandboxes?page-size=101".into(),
+            Value::Null,
+            400,
+            "page-size",
+        ),
+        (
+            "GET",
+            "/v1/sandboxes?state=bogus".into(),
+            Value::Null,
+            400,
+            "state",
+        ),
+        (
+            "GET",
+            "/v1/snapshots?order-by=up".into(),
+            Value::Null,
+            400,
+            "order-by",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (method, path, body, status, field) in cases {
+        let r = l0(&d, method, &path, (!body.is_null()).then_some(body.clone()));
+        assert_eq!(r.status, status, "{method} {path} {body}: {}", r.raw);
+        assert!(
+            r.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {path}: {}",
+            r.raw
+        );
+        if status == 400 {
+            assert_eq!(
+                r.body["errors"][0]["field"], field,
+                "{method} {path} {body}: {}",
+                r.raw
+            );
+            assert!(r.body["errors"][0]["error"].is_string(), "{}", r.raw);
+        }
+    }
+
+    // Malformed JSON, and no key at all.
+    let r = call_raw(
+        Some(&d.key),
+        "POST",
+        &format!("{}/v1/sandbox", d.url),
+        b"{nope",
+    );
+    assert_eq!(r.status, 400, "{}", r.raw);
+    assert_eq!(r.body["errors"][0]["field"], "body");
+    let r = call_raw(None, "GET", &format!("{}/v1/sandboxes", d.url), b"");
+    assert_eq!(r.status, 401);
+    assert!(r.body["message"].is_string());
+    let r = call("not-a-key", "GET", &format!("{}/v1/sandboxes", d.url), None);
+    assert_eq!(r.status, 401);
+    // Nothing was created by the bad requests.
+    let list = l0(&d, "GET", "/v1/sandboxes", None);
+    assert_eq!(list.body["total_items"], 1, "{}", list.raw);
+}
+
+fn uuid_like() -> String {
+    "00000000-0000-4000-8000-000000000000".into()
+}
+
+#[test]
+fn org_sandbox_limit_is_429() {
+    let d = Daemon::start_with(&["--max-sandboxes-per-org=1"]);
+    let sb = create(&d, json!({"template_name": "sb-busybox", "memory": 512}));
+    let id = sb["id"].as_str().unwrap();
+    let r = l0(
+        &d,
+        "POST",
+        "/v1/sandbox",
+        Some(json!({"template_name": "sb-busybox", "memory": 512})),
+    );
+    assert_eq!(r.status, 429, "{}", r.raw);
+    assert!(r.body["message"].as_str().unwrap().contains("limit"));
+    // A restore is a new sandbox: the same limit.
+    let s = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/snapshot/create"),
+        Some(json!({"name": "one"})),
+    );
+    assert_eq!(s.status, 201, "{}", s.raw);
+    let r = l0(
+        &d,
+        "POST",
+        "/v1/snapshot/restore",
+        Some(json!({"snapshot_name": "one"})),
+    );
+    assert_eq!(r.status, 429, "{}", r.raw);
+    // The NeevCloud dialect counts the same sandboxes.
+    let r = call(
+        &d.key,
+        "POST",
+        &d.sandboxes_url("default", "default"),
+        Some(json!({"name": "n", "sandbox_template_id": "sb-busybox"})),
+    );
+    assert_eq!(r.status, 429, "{}", r.raw);
+    assert_eq!(
+        l0(&d, "DELETE", &format!("/v1/sandbox/{id}"), None).status,
+        204
+    );
+    let r = l0(
+        &d,
+        "POST",
+        "/v1/snapshot/restore",
+        Some(json!({"snapshot_name": "one"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+}
+
+#[test]
+fn node_capacity_is_503() {
+    let d = Daemon::start_with(&["--node-memory-mib=1024", "--node-cpu-millis=2000"]);
+    let r = l0(
+        &d,
+        "POST",
+        "/v1/sandbox",
+        Some(json!({"template_name": "sb-busybox", "memory": 2048})),
+    );
+    assert_eq!(r.status, 503, "{}", r.raw);
+    assert!(r.body["message"].as_str().unwrap().contains("capacity"));
+    let r = l0(
+        &d,
+        "POST",
+        "/v1/sandbox",
+        Some(json!({"template_name": "sb-busybox", "vcpu": 3, "memory": 512})),
+    );
+    assert_eq!(r.status, 503, "{}", r.raw);
+    let first = create(
+        &d,
+        json!({"template_name": "sb-busybox", "memory": 768, "vcpu": 1}),
+    );
+    let r = l0(
+        &d,
+        "POST",
+        "/v1/sandbox",
+        Some(json!({"template_name": "sb-busybox", "memory": 512})),
+    );
+    assert_eq!(r.status, 503, "memory is committed: {}", r.raw);
+    // A stopped sandbox holds no memory; starting it again must fit.
+    let id = first["id"].as_str().unwrap();
+    let r = l0(&d, "POST", &format!("/v1/sandbox/{id}/stop"), None);
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let other = create(&d, json!({"template_name": "sb-busybox", "memory": 512}));
+    let r = l0(&d, "POST", &format!("/v1/sandbox/{id}/start"), None);
+    assert_eq!(r.status, 503, "{}", r.raw);
+    let oid = other["id"].as_str().unwrap();
+    assert_eq!(
+        l0(&d, "DELETE", &format!("/v1/sandbox/{oid}/"), None).status,
+        204
+    );
+    let r = l0(&d, "POST", &format!("/v1/sandbox/{id}/start"), None);
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body["state"], "running");
+}
+
+#[test]
+fn one_sandbox_through_both_dialects() {
+    let d = Daemon::start();
+    // Created in NeevCloud, snapshotted in Leap0.
+    let n = d.create(json!({"name": "from-neev", "sandbox_template_id": "sb-busybox"}));
+    let nid = n["id"].as_str().unwrap();
+    let (_, out, _) = d.exec(nid, "echo neev > /workspace/f", &[]);
+    assert_eq!(out, "");
+    let seen = l0(&d, "GET", &format!("/v1/sandbox/{nid}/"), None);
+    assert_eq!(seen.status, 200, "{}", seen.raw);
+    assert_eq!(seen.body["state"], "running");
+    assert_eq!(seen.body["template_id"], "sb-busybox");
+    assert_eq!(seen.body["name"], "from-neev");
+    let snap = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{nid}/snapshot/create"),
+        Some(json!({"name": "cross"})),
+    );
+    assert_eq!(snap.status, 201, "{}", snap.raw);
+    let sid = snap.body["id"].as_str().unwrap();
+    let got = call(
+        &d.key,
+        "GET",
+        &format!(
+            "{}/api/v1beta1/orgs/default/projects/default/snapshots/{sid}",
+            d.url
+        ),
+        None,
+    );
+    assert_eq!(got.status, 200, "{}", got.raw);
+    assert_eq!(got.body["sandbox_id"], nid);
+    assert_eq!(got.body["name"], "cross");
+
+    // Paused in NeevCloud: Leap0 sees `paused`; a Leap0 request resumes it.
+    let p = call(
+        &d.key,
+        "POST",
+        &format!("{}/{nid}/pause", d.sandboxes_url("default", "default")),
+        Some(json!({})),
+    );
+    assert_eq!(p.status, 200, "{}", p.raw);
+    assert_eq!(
+        l0(&d, "GET", &format!("/v1/sandbox/{nid}"), None).body["state"],
+        "paused"
+    );
+    let r = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{nid}/process/execute"),
+        Some(json!({"command": "cat /workspace/f"})),
+    );
+    assert_eq!(r.body["stdout"], "neev\n", "{}", r.raw);
+    let nv = call(
+        &d.key,
+        "GET",
+        &format!("{}/{nid}", d.sandboxes_url("default", "default")),
+        None,
+    );
+    assert_eq!(nv.body["phase"], "Ready", "{}", nv.raw);
+
+    // Created in Leap0, restored from a Leap0 snapshot in NeevCloud, listed in both.
+    let l = create(
+        &d,
+        json!({"template_name": "sb-busybox", "timeout_min": 30}),
+    );
+    let lid = l["id"].as_str().unwrap();
+    let nv = call(
+        &d.key,
+        "GET",
+        &format!("{}/{lid}", d.sandboxes_url("default", "default")),
+        None,
+    );
+    assert_eq!(nv.status, 200, "{}", nv.raw);
+    assert_eq!(nv.body["phase"], "Ready");
+    let restored = d.create(json!({"name": "restored", "restore": sid}));
+    let rid = restored["id"].as_str().unwrap();
+    let (_, out, _) = d.exec(rid, "cat /workspace/f", &[]);
+    assert_eq!(out, "neev\n");
+    let list = l0(&d, "GET", "/v1/sandboxes?page-size=100", None);
+    let ids: Vec<&str> = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    for id in [nid, lid, rid] {
+        assert!(ids.contains(&id), "{id} missing from {}", list.raw);
+    }
+    let neev_list = call(
+        &d.key,
+        "GET",
+        &format!("{}?limit=100", d.sandboxes_url("default", "default")),
+        None,
+    );
+    assert_eq!(neev_list.body["total"], 3, "{}", neev_list.raw);
+
+    // Deleted in Leap0: gone in NeevCloud; the snapshot is listed by both until deleted.
+    assert_eq!(
+        l0(&d, "DELETE", &format!("/v1/sandbox/{nid}"), None).status,
+        204
+    );
+    let gone = call(
+        &d.key,
+        "GET",
+        &format!("{}/{nid}", d.sandboxes_url("default", "default")),
+        None,
+    );
+    assert_eq!(gone.status, 404);
+    let snaps = l0(&d, "GET", "/v1/snapshots?query=cross", None);
+    assert_eq!(snaps.body["total_items"], 1, "{}", snaps.raw);
+    assert_eq!(
+        l0(&d, "DELETE", &format!("/v1/snapshot/{sid}"), None).status,
+        204
+    );
+    let got = call(
+        &d.key,
+        "GET",
+        &format!(
+            "{}/api/v1beta1/orgs/default/projects/default/snapshots/{sid}",
+            d.url
+        ),
+        None,
+    );
+    assert_eq!(got.status, 404);
+}
+
+#[test]
+fn another_orgs_key_sees_nothing() {
+    let d = Daemon::start();
+    let sb = create(&d, json!({"template_name": "sb-busybox"}));
+    let id = sb["id"].as_str().unwrap();
+    let s = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/snapshot/create"),
+        Some(json!({"name": "mine"})),
+    );
+    assert_eq!(s.status, 201, "{}", s.raw);
+    let other = d.create_key("acme", None);
+    let as_other = |method: &str, path: &str, body: Option<Value>| {
+        call(&other, method, &format!("{}{path}", d.url), body)
+    };
+    assert_eq!(
+        as_other("GET", "/v1/sandboxes", None).body["total_items"],
+        0
+    );
+    assert_eq!(
+        as_other("GET", "/v1/snapshots", None).body["total_items"],
+        0
+    );
+    for (method, path, body) in [
+        ("GET", format!("/v1/sandbox/{id}"), None),
+        ("DELETE", format!("/v1/sandbox/{id}/"), None),
+        ("POST", format!("/v1/sandbox/{id}/pause"), None),
+        ("POST", format!("/v1/sandbox/{id}/stop"), None),
+        (
+            "POST",
+            format!("/v1/sandbox/{id}/process/execute"),
+            Some(json!({"command": "true"})),
+        ),
+        (
+            "POST",
+            format!("/v1/sandbox/{id}/filesystem/ls"),
+            Some(json!({"path": "/"})),
+        ),
+        (
+            "POST",
+            format!("/v1/sandbox/{id}/snapshot/create"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/v1/snapshot/restore".to_string(),
+            Some(json!({"snapshot_name": "mine"})),
+        ),
+        ("DELETE", "/v1/snapshot/mine".to_string(), None),
+    ] {
+        let r = as_other(method, &path, body);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.raw);
+    }
+    // Still there for its owner.
+    assert_eq!(
+        l0(&d, "GET", &format!("/v1/sandbox/{id}"), None).status,
+        200
+    );
+    assert_eq!(l0(&d, "GET", "/v1/snapshots", None).body["total_items"], 1);
+}
