@@ -21,6 +21,11 @@ pub fn with_metrics(router: Router, hub: Arc<Hub>) -> Router {
         .layer(Extension(hub))
 }
 
+/// Set on a response by a handler whose route alone does not say it ran a snapshot
+/// operation (create-from-snapshot shares `POST .../sandboxes` with plain creates).
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotOp(pub &'static str);
+
 /// Which snapshot operation a request is, by route template and method.
 pub fn snapshot_op(route: &str, method: &Method) -> Option<&'static str> {
     let post = method == Method::POST;
@@ -68,11 +73,16 @@ async fn track(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Respons
         ],
         secs,
     );
-    if let Some(op) = snapshot_op(&route, &method) {
+    let op = resp
+        .extensions()
+        .get::<SnapshotOp>()
+        .map(|o| o.0)
+        .or_else(|| snapshot_op(&route, &method));
+    if let Some(op) = op {
         let outcome = if status.is_success() { "ok" } else { "error" };
         r.inc(
             "sandboxd_snapshot_operations_total",
-            "Snapshot operations (capture, delete, rollback, fork) by outcome.",
+            "Snapshot operations (capture, delete, rollback, fork, restore) by outcome.",
             &[("op", op), ("outcome", outcome)],
             1.0,
         );

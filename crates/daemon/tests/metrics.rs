@@ -234,6 +234,15 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
     wait_for(&d, id, 10, "second restart", |v| {
         points(v, "restarts").last().map(|p| p.1) == Some(2.0)
     });
+    // Restore as a new sandbox: a snapshot operation too, though its route is plain create.
+    let r = call(
+        &d.key,
+        "POST",
+        &d.sandboxes_url("default", "default"),
+        Some(json!({"name": "restored", "from_snapshot": snap.body["id"]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    assert_eq!(d.delete(r.body["id"].as_str().unwrap()).status, 204);
 
     // The platform's Prometheus endpoint saw these requests and this sandbox.
     let text = common::agent()
@@ -250,7 +259,7 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         "{text}"
     );
     assert!(
-        text.contains("sandboxd_http_request_duration_seconds_bucket{route=\"/api/v1beta1/orgs/{org_id}/projects/{project_id}/sandboxes\",method=\"POST\",status=\"201\",le=\"+Inf\"} 1\n"),
+        text.contains("sandboxd_http_request_duration_seconds_bucket{route=\"/api/v1beta1/orgs/{org_id}/projects/{project_id}/sandboxes\",method=\"POST\",status=\"201\",le=\"+Inf\"} 2\n"),
         "{text}"
     );
     assert!(
@@ -261,7 +270,7 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         text.contains("sandboxd_sandboxes{phase=\"Paused\"} 0\n"),
         "{text}"
     );
-    for op in ["capture", "rollback"] {
+    for op in ["capture", "rollback", "restore"] {
         assert!(
             text.contains(&format!(
                 "sandboxd_snapshot_operations_total{{op=\"{op}\",outcome=\"ok\"}} 1\n"
@@ -281,7 +290,7 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         "sandboxd_store_bytes{store=\"volume\"}",
         "sandboxd_metrics_sampler_cpu_seconds_total",
         "sandboxd_metrics_sample_pass_duration_seconds_count",
-        "sandboxd_metrics_sampled_sandboxes 1",
+        "sandboxd_metrics_sampled_sandboxes ",
     ] {
         assert!(text.contains(l), "{l} missing:\n{text}");
     }

@@ -213,10 +213,16 @@ async fn create(
                     "must match the snapshot's sizing (omit it to reuse it)",
                 ));
             }
-            let sb = st.engine.restore_as_new(&p, &t, sid, name).await?;
-            return Ok(
-                (StatusCode::CREATED, Json(sandbox_view(&sb, &st.public_url))).into_response(),
-            );
+            let mut resp = match st.engine.restore_as_new(&p, &t, sid, name).await {
+                Ok(sb) => {
+                    (StatusCode::CREATED, Json(sandbox_view(&sb, &st.public_url))).into_response()
+                }
+                Err(e) => ApiError::from(e).into_response(),
+            };
+            // Counted as a snapshot operation by the metrics layer (the route alone can't say).
+            resp.extensions_mut()
+                .insert(crate::observe::SnapshotOp("restore"));
+            return Ok(resp);
         }
     }
     let template = st
