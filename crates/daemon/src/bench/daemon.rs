@@ -342,6 +342,13 @@ impl Daemon {
             }
             Err(e) => bail!("exec: {e}"),
         };
+        use base64::Engine as _;
+        let b64 = |v: &Value| {
+            let d = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .unwrap_or_default();
+            String::from_utf8_lossy(&d).into_owned()
+        };
         let (mut out, mut err) = (String::new(), String::new());
         for line in BufReader::new(resp.into_reader()).lines() {
             let line = line?;
@@ -351,8 +358,8 @@ impl Daemon {
             let v: Value = serde_json::from_str(line.trim())
                 .with_context(|| format!("exec frame {line:?}"))?;
             match v["type"].as_str() {
-                Some("stdout") => out.push_str(v["data"].as_str().unwrap_or_default()),
-                Some("stderr") => err.push_str(v["data"].as_str().unwrap_or_default()),
+                Some("stdout") => out.push_str(&b64(&v["data"])),
+                Some("stderr") => err.push_str(&b64(&v["data"])),
                 Some("exit") => {
                     if v["exit_code"] != 0 {
                         bail!("exec {program}: {v}; stderr: {err}");

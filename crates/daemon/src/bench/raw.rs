@@ -116,7 +116,7 @@ impl Raw {
         Ok(id)
     }
 
-    /// `runsc checkpoint --image-path=<image> [--leave-running] <id>`. Without
+    /// `runsc checkpoint --image-path=<image> [extra] [--leave-running] <id>`. Without
     /// `leave_running` the container stops; it must then be deleted ([`Raw::delete`]) before
     /// its id can be restored.
     pub fn checkpoint(
@@ -124,10 +124,12 @@ impl Raw {
         id: &str,
         image: &Path,
         leave_running: bool,
+        extra: &[&str],
     ) -> anyhow::Result<Duration> {
         let mut c = self.cmd();
         c.arg("checkpoint")
-            .arg(format!("--image-path={}", image.display()));
+            .arg(format!("--image-path={}", image.display()))
+            .args(extra);
         if leave_running {
             c.arg("--leave-running");
         }

@@ -95,6 +95,7 @@ struct Samples {
     snap: Vec<f64>,
     snap_paused: Vec<f64>,
     raw_ckpt: Vec<f64>,
+    raw_ckpt_plain: Vec<f64>,
     same_ckpt: Vec<f64>,
     restore_exec: Vec<f64>,
     restore: Vec<f64>,
@@ -187,7 +188,7 @@ pub fn measure(
     for i in 0..=n {
         check_interrupted()?;
         let keep = i > 0;
-        let order = [i % 3, (i + 1) % 3, (i + 2) % 3];
+        let order = [i % 4, (i + 1) % 4, (i + 2) % 4, (i + 3) % 4];
         for step in order {
             match step {
                 0 => {
@@ -213,7 +214,7 @@ pub fn measure(
                 1 => {
                     let r = ctx.raw.as_mut().expect("raw");
                     let img = work.join(format!("raw-img-{i}"));
-                    let took = r.checkpoint(&rid, &img, true)?;
+                    let took = r.checkpoint(&rid, &img, true, &[])?;
                     if keep {
                         s.raw_ckpt.push(ms(took));
                     }
@@ -223,6 +224,18 @@ pub fn measure(
                     } else {
                         std::fs::remove_dir_all(&img)?;
                     }
+                }
+                2 => {
+                    let r = ctx.raw.as_mut().expect("raw");
+                    let img = work.join("raw-img-plain");
+                    let took = r.checkpoint(&rid, &img, true, &["--compression=none"])?;
+                    if keep {
+                        s.raw_ckpt_plain.push(ms(took));
+                    }
+                    if i == 0 {
+                        sizes["raw_image_uncompressed_allocated_bytes"] = json!(alloc_bytes(&img));
+                    }
+                    std::fs::remove_dir_all(&img)?;
                 }
                 _ => {
                     let img = work.join("same-img");
@@ -309,7 +322,7 @@ pub fn measure(
                 let nid = r.prepare_custom(&raw_root, &hog_argv)?;
                 let img = work.join("fork-img");
                 let t = Instant::now();
-                r.checkpoint(&rid, &img, true)?;
+                r.checkpoint(&rid, &img, true, &[])?;
                 r.restore(&nid, &img)?;
                 let t1 = Instant::now();
                 r.exec_true(&nid)?;
@@ -351,7 +364,7 @@ pub fn measure(
                 let r = ctx.raw.as_mut().expect("raw");
                 let img = work.join("pause-img");
                 let t = Instant::now();
-                r.checkpoint(&rid, &img, false)?;
+                r.checkpoint(&rid, &img, false, &[])?;
                 r.delete_keep_bundle(&rid)?;
                 let paused = ms(t.elapsed());
                 let t = Instant::now();
@@ -643,6 +656,10 @@ fn storage_run(
     errlog: &Path,
 ) -> anyhow::Result<Value> {
     let layers = vol.join(".layers");
+    // Wait until the subvolumes of deleted snapshots are really gone.
+    let mut c = Command::new("btrfs");
+    c.args(["subvolume", "sync"]).arg(vol);
+    procs::run_quiet("btrfs subvolume sync", &mut c, errlog)?;
     let before = btrfs_df(vol, errlog)?;
     let mut sids = Vec::new();
     let mut paused = Vec::new();
@@ -654,9 +671,6 @@ fn storage_run(
         paused.push(snap["paused_ms"].as_f64().unwrap_or(f64::NAN));
         sids.push(snap["id"].as_str().context("snapshot id")?.to_string());
     }
-    let mut c = Command::new("btrfs");
-    c.args(["filesystem", "sync"]).arg(vol);
-    procs::run_quiet("btrfs filesystem sync", &mut c, errlog)?;
     let after = btrfs_df(vol, errlog)?;
     let present: Vec<String> = std::fs::read_dir(&layers)?
         .flatten()
