@@ -522,13 +522,13 @@ fn cleanup(ctx: &mut Ctx) -> Vec<String> {
     if let Some(r) = ctx.raw.as_mut() {
         left.extend(r.cleanup());
     }
+    // Through procs: its reaper thread owns waitpid, so Command::status would not see the exit.
+    let errlog = ctx.work.join("umount.err");
     for m in ctx.mounts.drain(..).rev() {
-        let ok = std::process::Command::new("umount")
-            .arg(&m)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("bench: could not unmount {}", m.display());
+        let mut c = std::process::Command::new("umount");
+        c.arg(&m);
+        if let Err(e) = procs::run_quiet("umount", &mut c, &errlog) {
+            eprintln!("bench: could not unmount {}: {e:#}", m.display());
         }
     }
     if let Some(d) = ctx.daemon.as_mut() {

@@ -289,6 +289,7 @@ pub fn daemon_checkpoint_wrapped(
     id: &str,
     short: &str,
     image: &Path,
+    extra: &[&str],
     errlog: &Path,
 ) -> anyhow::Result<Duration> {
     let mut c = Command::new("nsenter");
@@ -302,6 +303,7 @@ pub fn daemon_checkpoint_wrapped(
         .arg("checkpoint")
         .arg("--leave-running")
         .arg(format!("--image-path={}", image.display()))
+        .args(extra)
         .arg(id);
     let t = Instant::now();
     procs::run_quiet("wrapped runsc checkpoint", &mut c, errlog)?;

@@ -94,13 +94,13 @@ pub struct Report {
 struct Samples {
     snap: Vec<f64>,
     snap_paused: Vec<f64>,
-    raw_ckpt: Vec<f64>,
-    raw_ckpt_plain: Vec<f64>,
     same_ckpt: Vec<f64>,
+    same_ckpt_plain: Vec<f64>,
     restore_exec: Vec<f64>,
     restore: Vec<f64>,
     raw_restore_exec: Vec<f64>,
     raw_restore: Vec<f64>,
+    raw_restore_plain_exec: Vec<f64>,
     fork: Vec<f64>,
     fork_exec: Vec<f64>,
     raw_fork: Vec<f64>,
@@ -177,81 +177,74 @@ pub fn measure(
     let errlog = work.join("snap.err");
     let mut s = Samples::default();
     let mut keep_snap: Option<String> = None;
-    let mut keep_img: Option<PathBuf> = None;
     let mut sizes = json!({});
     let mut checks = json!({});
 
-    // 1: snapshot with memory, against raw checkpoints.
+    // The raw container's images for the restore baseline (not timed): one with runsc's
+    // default compression, one without.
+    let keep_img = work.join("raw-img");
+    let keep_img_plain = work.join("raw-img-plain");
+    {
+        let r = ctx.raw.as_mut().expect("raw");
+        r.checkpoint(&rid, &keep_img, true, &[])?;
+        r.checkpoint(&rid, &keep_img_plain, true, &["--compression=none"])?;
+        sizes["raw_image_allocated_bytes"] = json!(alloc_bytes(&keep_img));
+        sizes["raw_image_uncompressed_allocated_bytes"] = json!(alloc_bytes(&keep_img_plain));
+    }
+
+    // 1: snapshot with memory, against runsc checkpoint of the same sandbox.
     progress(&format!(
-        "snapshot with memory, {n} runs (+1 warm-up), against runsc checkpoint"
+        "snapshot with memory, {n} runs (+1 warm-up), against runsc checkpoint of the same sandbox"
     ));
     for i in 0..=n {
         check_interrupted()?;
         let keep = i > 0;
-        let order = [i % 4, (i + 1) % 4, (i + 2) % 4, (i + 3) % 4];
-        for step in order {
-            match step {
-                0 => {
-                    let d = ctx.daemon.as_mut().expect("daemon");
-                    let t = Instant::now();
-                    let snap = d.snapshot(&src, true)?;
-                    let took = ms(t.elapsed());
-                    let sid = snap["id"].as_str().context("snapshot id")?.to_string();
-                    if keep {
-                        s.snap.push(took);
-                        s.snap_paused
-                            .push(snap["paused_ms"].as_f64().context("paused_ms")?);
-                    }
-                    if keep_snap.is_none() {
-                        sizes["snapshot_size_bytes_reported"] = snap["size_bytes"].clone();
-                        sizes["snapshot_image_allocated_bytes"] =
-                            json!(alloc_bytes(&d.image_of(&sid)));
-                        keep_snap = Some(sid);
+        for step in [i % 3, (i + 1) % 3, (i + 2) % 3] {
+            if step == 0 {
+                let d = ctx.daemon.as_mut().expect("daemon");
+                let t = Instant::now();
+                let snap = d.snapshot(&src, true)?;
+                let took = ms(t.elapsed());
+                let sid = snap["id"].as_str().context("snapshot id")?.to_string();
+                if keep {
+                    s.snap.push(took);
+                    s.snap_paused
+                        .push(snap["paused_ms"].as_f64().context("paused_ms")?);
+                }
+                if keep_snap.is_none() {
+                    sizes["snapshot_size_bytes_reported"] = snap["size_bytes"].clone();
+                    sizes["snapshot_image_allocated_bytes"] = json!(alloc_bytes(&d.image_of(&sid)));
+                    keep_snap = Some(sid);
+                } else {
+                    d.delete_snapshot(&sid)?;
+                }
+            } else {
+                let plain = step == 2;
+                let img = work.join("same-img");
+                let extra: &[&str] = if plain { &["--compression=none"] } else { &[] };
+                let took = raw::daemon_checkpoint_wrapped(
+                    &a.runsc, &data_dir, &src, &src_short, &img, extra, &errlog,
+                )?;
+                if i == 0 {
+                    let k = if plain {
+                        "same_sandbox_image_uncompressed_allocated_bytes"
                     } else {
-                        d.delete_snapshot(&sid)?;
-                    }
+                        "same_sandbox_image_allocated_bytes"
+                    };
+                    sizes[k] = json!(alloc_bytes(&img));
                 }
-                1 => {
-                    let r = ctx.raw.as_mut().expect("raw");
-                    let img = work.join(format!("raw-img-{i}"));
-                    let took = r.checkpoint(&rid, &img, true, &[])?;
-                    if keep {
-                        s.raw_ckpt.push(ms(took));
-                    }
-                    if keep_img.is_none() {
-                        sizes["raw_image_allocated_bytes"] = json!(alloc_bytes(&img));
-                        keep_img = Some(img);
+                if keep {
+                    if plain {
+                        s.same_ckpt_plain.push(ms(took));
                     } else {
-                        std::fs::remove_dir_all(&img)?;
-                    }
-                }
-                2 => {
-                    let r = ctx.raw.as_mut().expect("raw");
-                    let img = work.join("raw-img-plain");
-                    let took = r.checkpoint(&rid, &img, true, &["--compression=none"])?;
-                    if keep {
-                        s.raw_ckpt_plain.push(ms(took));
-                    }
-                    if i == 0 {
-                        sizes["raw_image_uncompressed_allocated_bytes"] = json!(alloc_bytes(&img));
-                    }
-                    std::fs::remove_dir_all(&img)?;
-                }
-                _ => {
-                    let img = work.join("same-img");
-                    let took = raw::daemon_checkpoint_wrapped(
-                        &a.runsc, &data_dir, &src, &src_short, &img, &errlog,
-                    )?;
-                    if keep {
                         s.same_ckpt.push(ms(took));
                     }
-                    std::fs::remove_dir_all(&img)?;
                 }
+                std::fs::remove_dir_all(&img)?;
             }
         }
     }
     let keep_snap = keep_snap.context("no snapshot")?;
-    let keep_img = keep_img.context("no raw image")?;
 
     // 2: restore-as-new to first exec.
     progress(&format!(
@@ -260,7 +253,7 @@ pub fn measure(
     for i in 0..=n {
         check_interrupted()?;
         let keep = i > 0;
-        for step in [i % 2, (i + 1) % 2] {
+        for step in [i % 3, (i + 1) % 3, (i + 2) % 3] {
             if step == 0 {
                 let d = ctx.daemon.as_mut().expect("daemon");
                 let t = Instant::now();
@@ -277,14 +270,19 @@ pub fn measure(
                 }
                 d.delete(&nid)?;
             } else {
+                let plain = step == 2;
                 let r = ctx.raw.as_mut().expect("raw");
                 let nid = r.prepare_custom(&raw_root, &hog_argv)?;
                 let t = Instant::now();
-                let took = r.restore(&nid, &keep_img)?;
+                let took = r.restore(&nid, if plain { &keep_img_plain } else { &keep_img })?;
                 r.exec_true(&nid)?;
                 if keep {
-                    s.raw_restore_exec.push(ms(t.elapsed()));
-                    s.raw_restore.push(ms(took));
+                    if plain {
+                        s.raw_restore_plain_exec.push(ms(t.elapsed()));
+                    } else {
+                        s.raw_restore_exec.push(ms(t.elapsed()));
+                        s.raw_restore.push(ms(took));
+                    }
                 }
                 r.delete(&nid)?;
             }
@@ -293,11 +291,10 @@ pub fn measure(
 
     // 3: fork.
     progress(&format!(
-        "fork, {n} runs (+1 warm-up), against runsc checkpoint --leave-running + restore"
+        "fork, {n} runs, against runsc checkpoint --leave-running + restore"
     ));
-    for i in 0..=n {
+    for i in 0..n {
         check_interrupted()?;
-        let keep = i > 0;
         for step in [i % 2, (i + 1) % 2] {
             if step == 0 {
                 let d = ctx.daemon.as_mut().expect("daemon");
@@ -305,10 +302,9 @@ pub fn measure(
                 let fid = d.fork(&src, &format!("bench-fork-{i}"))?;
                 let t1 = Instant::now();
                 let at = d.exec_true(&fid, false)?;
-                if keep {
-                    s.fork.push(ms(t1 - t));
-                    s.fork_exec.push(ms(at - t));
-                } else {
+                s.fork.push(ms(t1 - t));
+                s.fork_exec.push(ms(at - t));
+                if i == 0 {
                     checks["forked_sandbox_python"] = hog_check(d, &fid, &hog_pid);
                 }
                 d.delete(&fid)?;
@@ -326,10 +322,8 @@ pub fn measure(
                 r.restore(&nid, &img)?;
                 let t1 = Instant::now();
                 r.exec_true(&nid)?;
-                if keep {
-                    s.raw_fork.push(ms(t1 - t));
-                    s.raw_fork_exec.push(ms(t.elapsed()));
-                }
+                s.raw_fork.push(ms(t1 - t));
+                s.raw_fork_exec.push(ms(t.elapsed()));
                 r.delete(&nid)?;
                 std::fs::remove_dir_all(&img)?;
             }
@@ -338,11 +332,10 @@ pub fn measure(
 
     // 4: pause and resume.
     progress(&format!(
-        "pause and resume, {n} runs (+1 warm-up), against runsc checkpoint + delete, restore"
+        "pause and resume, {n} runs, against runsc checkpoint + delete, restore"
     ));
-    for i in 0..=n {
+    for i in 0..n {
         check_interrupted()?;
-        let keep = i > 0;
         for step in [i % 2, (i + 1) % 2] {
             if step == 0 {
                 let d = ctx.daemon.as_mut().expect("daemon");
@@ -353,11 +346,10 @@ pub fn measure(
                 d.action(&src, "resume", json!({}))?;
                 let resumed = ms(t.elapsed());
                 let at = d.exec_true(&src, false)?;
-                if keep {
-                    s.pause.push(paused);
-                    s.resume.push(resumed);
-                    s.resume_exec.push(ms(at - t));
-                } else {
+                s.pause.push(paused);
+                s.resume.push(resumed);
+                s.resume_exec.push(ms(at - t));
+                if i == 0 {
                     checks["resumed_sandbox_python"] = hog_check(d, &src, &hog_pid);
                 }
             } else {
@@ -370,11 +362,9 @@ pub fn measure(
                 let t = Instant::now();
                 let resumed = ms(r.restore(&rid, &img)?);
                 r.exec_true(&rid)?;
-                if keep {
-                    s.raw_pause.push(paused);
-                    s.raw_resume.push(resumed);
-                    s.raw_resume_exec.push(ms(t.elapsed()));
-                }
+                s.raw_pause.push(paused);
+                s.raw_resume.push(resumed);
+                s.raw_resume_exec.push(ms(t.elapsed()));
                 std::fs::remove_dir_all(&img)?;
             }
         }
@@ -382,23 +372,19 @@ pub fn measure(
 
     // 5: filesystem-only snapshot.
     progress(&format!(
-        "filesystem-only snapshot, {n} runs (+1 warm-up), against btrfs subvolume snapshot"
+        "filesystem-only snapshot, {n} runs, against btrfs subvolume snapshot"
     ));
     let raw_layer = vol.join(".layers").join("bench-raw-fs");
-    for i in 0..=n {
+    for i in 0..n {
         check_interrupted()?;
-        let keep = i > 0;
         for step in [i % 2, (i + 1) % 2] {
             if step == 0 {
                 let d = ctx.daemon.as_mut().expect("daemon");
                 let t = Instant::now();
                 let snap = d.snapshot(&src, false)?;
                 let took = ms(t.elapsed());
-                if keep {
-                    s.fs_snap.push(took);
-                } else {
-                    sizes["fs_snapshot_size_bytes_reported"] = snap["size_bytes"].clone();
-                }
+                s.fs_snap.push(took);
+                sizes["fs_snapshot_size_bytes_reported"] = snap["size_bytes"].clone();
                 d.delete_snapshot(snap["id"].as_str().context("snapshot id")?)?;
             } else {
                 let mut c = Command::new("btrfs");
@@ -407,9 +393,7 @@ pub fn measure(
                     .arg(&raw_layer);
                 let t = Instant::now();
                 procs::run_quiet("btrfs subvolume snapshot", &mut c, &errlog)?;
-                if keep {
-                    s.btrfs_snap.push(ms(t.elapsed()));
-                }
+                s.btrfs_snap.push(ms(t.elapsed()));
                 let mut c = Command::new("btrfs");
                 c.args(["-q", "subvolume", "delete"]).arg(&raw_layer);
                 procs::run_quiet("btrfs subvolume delete", &mut c, &errlog)?;
@@ -424,6 +408,7 @@ pub fn measure(
         d.delete_snapshot(&sid)?;
     }
     std::fs::remove_dir_all(&keep_img)?;
+    std::fs::remove_dir_all(&keep_img_plain)?;
     let mut storage = json!({});
     for memory in [false, true] {
         check_interrupted()?;
@@ -445,83 +430,30 @@ pub fn measure(
 
     let su = |v: &[f64]| summarize(v);
     let rows = vec![
-        row(
-            "snapshot_with_memory",
-            "snapshot with memory (POST -> 202 Ready)",
-            su(&s.snap),
-            "runsc checkpoint --leave-running of the raw container",
-            su(&s.raw_ckpt),
-        ),
-        row(
-            "snapshot_with_memory_vs_same_sandbox",
-            "snapshot with memory, vs runsc checkpoint of the same sandbox",
-            su(&s.snap),
-            "runsc checkpoint --leave-running of the same sandbox (netns wrapper, daemon's flags)",
-            su(&s.same_ckpt),
-        ),
-        row(
-            "snapshot_paused_ms",
-            "  sandbox frozen (paused_ms of the record)",
-            su(&s.snap_paused),
-            "runsc checkpoint --leave-running of the raw container",
-            su(&s.raw_ckpt),
-        ),
-        row(
-            "restore_as_new_to_first_exec",
-            "restore-as-new -> first exec",
-            su(&s.restore_exec),
-            "runsc restore --detach of a new container from the raw image + runsc exec",
-            su(&s.raw_restore_exec),
-        ),
-        row(
-            "restore_as_new",
-            "  restore-as-new (POST -> 201 Ready)",
-            su(&s.restore),
-            "runsc restore --detach of a new container from the raw image",
-            su(&s.raw_restore),
-        ),
-        row(
-            "fork",
-            "fork (POST -> 201)",
-            su(&s.fork),
-            "runsc checkpoint --leave-running + runsc restore --detach of a new container",
-            su(&s.raw_fork),
-        ),
-        row(
-            "fork_to_first_exec",
-            "  fork -> first exec in the fork",
-            su(&s.fork_exec),
-            "the same + runsc exec",
-            su(&s.raw_fork_exec),
-        ),
-        row(
-            "pause",
-            "pause with memory (POST -> 200)",
-            su(&s.pause),
-            "runsc checkpoint + runsc delete --force",
-            su(&s.raw_pause),
-        ),
-        row(
-            "resume",
-            "resume (POST -> 200)",
-            su(&s.resume),
-            "runsc restore --detach (same id)",
-            su(&s.raw_resume),
-        ),
-        row(
-            "resume_to_first_exec",
-            "  resume -> first exec",
-            su(&s.resume_exec),
-            "runsc restore --detach + runsc exec",
-            su(&s.raw_resume_exec),
-        ),
-        row(
-            "fs_snapshot",
-            "filesystem-only snapshot, 100 MiB / 5,000 files (POST -> 202 Ready)",
-            su(&s.fs_snap),
-            "btrfs subvolume snapshot -r of the same sandbox's layer",
-            su(&s.btrfs_snap),
-        ),
+        row("snapshot_with_memory", "snapshot with memory (POST -> 202 Ready)", su(&s.snap),
+            "runsc checkpoint --leave-running of the same sandbox (its netns wrapper, the daemon's flags)", su(&s.same_ckpt)),
+        row("snapshot_with_memory_vs_uncompressed", "  the same, vs an uncompressed runsc checkpoint", su(&s.snap),
+            "runsc checkpoint --leave-running --compression=none of the same sandbox", su(&s.same_ckpt_plain)),
+        row("snapshot_paused_ms", "  sandbox frozen (paused_ms of the record)", su(&s.snap_paused),
+            "runsc checkpoint --leave-running of the same sandbox", su(&s.same_ckpt)),
+        row("restore_as_new_to_first_exec", "restore-as-new -> first exec", su(&s.restore_exec),
+            "runsc restore --detach of a new container from the raw container's image + runsc exec", su(&s.raw_restore_exec)),
+        row("restore_as_new_to_first_exec_vs_uncompressed", "  the same, vs restore from an uncompressed image", su(&s.restore_exec),
+            "runsc restore --detach from an uncompressed image (--compression=none) + runsc exec", su(&s.raw_restore_plain_exec)),
+        row("restore_as_new", "  restore-as-new (POST -> 201 Ready)", su(&s.restore),
+            "runsc restore --detach of a new container from the raw container's image", su(&s.raw_restore)),
+        row("fork", "fork (POST -> 201)", su(&s.fork),
+            "runsc checkpoint --leave-running + runsc restore --detach of a new container (raw container)", su(&s.raw_fork)),
+        row("fork_to_first_exec", "  fork -> first exec in the fork", su(&s.fork_exec),
+            "the same + runsc exec", su(&s.raw_fork_exec)),
+        row("pause", "pause with memory (POST -> 200)", su(&s.pause),
+            "runsc checkpoint + runsc delete --force (raw container)", su(&s.raw_pause)),
+        row("resume", "resume (POST -> 200)", su(&s.resume),
+            "runsc restore --detach, same id (raw container)", su(&s.raw_resume)),
+        row("resume_to_first_exec", "  resume -> first exec", su(&s.resume_exec),
+            "runsc restore --detach + runsc exec", su(&s.raw_resume_exec)),
+        row("fs_snapshot", "filesystem-only snapshot, 100 MiB / 5,000 files (POST -> 202 Ready)", su(&s.fs_snap),
+            "btrfs subvolume snapshot -r of the same sandbox's layer", su(&s.btrfs_snap)),
     ];
 
     let by = |k: &str| rows.iter().find(|r| r.key == k).expect("row");
@@ -587,6 +519,8 @@ pub fn measure(
         ),
     ];
 
+    let log = std::fs::read_to_string(data_dir.join("daemon.log")).unwrap_or_default();
+    let breakdown = daemon_breakdown(&log);
     let text = storage_table(&storage);
     let extra = json!({
         "setup": {
@@ -604,6 +538,7 @@ pub fn measure(
         },
         "sizes": sizes,
         "checks": checks,
+        "daemon_log_breakdown_ms": breakdown,
         "storage": storage,
     });
     Ok(Report {
@@ -710,6 +645,41 @@ fn storage_run(
         "added_on_disk_bytes": after.0 as i64 - before.0 as i64 + images_total as i64,
         "paused_ms": paused,
     }))
+}
+
+/// Medians of the timings the daemon logs (all captures, warm-ups and storage runs included):
+/// how much of a capture is `runsc checkpoint`, how long restores and resumes take inside it.
+fn daemon_breakdown(log: &str) -> Value {
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let med = |v: Vec<f64>| -> Value {
+        let s = summarize(&v);
+        json!({"n": s.n, "median": if s.n > 0 { json!(s.median) } else { Value::Null }})
+    };
+    let pick = |msg: &str, name: &str, cond: &dyn Fn(&str) -> bool| -> Vec<f64> {
+        log.lines()
+            .filter(|l| l.contains(msg) && cond(l))
+            .filter_map(|l| field(l, name))
+            .collect()
+    };
+    let any = |_: &str| true;
+    let mem = |l: &str| field(l, "checkpoint_ms").is_some_and(|c| c > 0.0);
+    let nomem = |l: &str| field(l, "checkpoint_ms") == Some(0.0);
+    json!({
+        "snapshot_with_memory_paused": med(pick("snapshot ready", "paused_ms", &mem)),
+        "snapshot_with_memory_checkpoint": med(pick("snapshot ready", "checkpoint_ms", &mem)),
+        "snapshot_fs_only_paused": med(pick("snapshot ready", "paused_ms", &nomem)),
+        "pause_paused": med(pick("sandbox paused", "paused_ms", &any)),
+        "pause_checkpoint": med(pick("sandbox paused", "checkpoint_ms", &any)),
+        "restore_as_new_in_engine": med(pick("restored as new sandbox", "ms", &any)),
+        "resume_in_engine": med(pick("sandbox resumed", "ms", &any)),
+    })
 }
 
 fn storage_table(st: &Value) -> String {
