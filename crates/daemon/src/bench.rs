@@ -1,18 +1,20 @@
 //! `sandboxd bench`: starts its own daemon (this executable, a fresh data dir under /tmp) and
 //! measures create-to-first-exec, exec round trip, delete and idle memory, each against raw
 //! runsc run in the same command. Prints a table, then the same data as one JSON object.
-//! See docs/benchmarks.md.
+//! `--suite snapshots` measures snapshots, restore, fork, pause/resume and snapshot storage
+//! instead (bench/snapshots.rs). See docs/benchmarks.md.
 
 mod daemon;
 mod procs;
 mod raw;
 mod report;
+mod snapshots;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use daemon::{short_of, Daemon, DaemonOpts};
@@ -22,13 +24,21 @@ use report::{summarize, Row, Summary, Target};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Runs per latency metric (exec round trip uses 5x this many).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub runs: u32,
-    /// Template to create sandboxes from.
-    #[arg(long, default_value = "sb-busybox",
-          value_parser = ["sb-busybox", "sb-debian-12-python"])]
-    pub template: String,
+    /// What to measure: the sandbox lifecycle (default), or snapshots, fork, pause/resume.
+    #[arg(long, value_enum, default_value_t = Suite::Lifecycle)]
+    pub suite: Suite,
+    /// Runs per latency metric (exec round trip uses 5x this many). Default: 20 for the
+    /// lifecycle suite, 10 for the snapshots suite.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: Option<u32>,
+    /// Template to create sandboxes from (default sb-busybox; the snapshots suite needs
+    /// sb-debian-12-python, its default).
+    #[arg(long, value_parser = ["sb-busybox", "sb-debian-12-python"])]
+    pub template: Option<String>,
+    /// Snapshots suite: what the python process writes into its 256 MiB (random bytes, or
+    /// one byte per page).
+    #[arg(long, value_enum, default_value_t = snapshots::MemoryFill::Random)]
+    pub memory_fill: snapshots::MemoryFill,
     /// Also write the JSON result to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -52,6 +62,31 @@ pub struct BenchArgs {
     pub no_subreaper: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// create-to-first-exec, exec round trip, delete, idle memory.
+    Lifecycle,
+    /// snapshot with memory, restore-as-new, fork, pause/resume, filesystem-only snapshot,
+    /// snapshot storage.
+    Snapshots,
+}
+
+impl BenchArgs {
+    pub fn runs(&self) -> u32 {
+        self.runs.unwrap_or(match self.suite {
+            Suite::Lifecycle => 20,
+            Suite::Snapshots => 10,
+        })
+    }
+
+    pub fn template(&self) -> &str {
+        self.template.as_deref().unwrap_or(match self.suite {
+            Suite::Lifecycle => "sb-busybox",
+            Suite::Snapshots => "sb-debian-12-python",
+        })
+    }
+}
+
 const EXECS_PER_RUN: usize = 5;
 const IDLE_WAIT: Duration = Duration::from_secs(2);
 const MIB: f64 = 1024.0 * 1024.0;
@@ -62,6 +97,8 @@ struct Ctx {
     template: String,
     daemon: Option<Daemon>,
     raw: Option<Raw>,
+    /// Mounts to undo after the raw containers are gone.
+    mounts: Vec<PathBuf>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -77,7 +114,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("sandboxd bench must run as root (it runs runsc, netns and cgroups)");
     }
-    let template_dir = a.templates_dir.join(&a.template);
+    if a.suite == Suite::Snapshots && a.template() != "sb-debian-12-python" {
+        bail!("the snapshots suite needs --template sb-debian-12-python (it runs python3)");
+    }
+    let template_dir = a.templates_dir.join(a.template());
     raw::check_template(&template_dir)?;
     let agent = match &a.agent_binary {
         Some(p) => p.clone(),
@@ -105,24 +145,47 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mut ctx = Ctx {
         work: work.clone(),
         runsc: a.runsc.clone(),
-        template: a.template.clone(),
+        template: a.template().to_string(),
         daemon: None,
         raw: None,
+        mounts: Vec::new(),
     };
     let loadavg_start = loadavg();
     let started = Instant::now();
-    let result = measure(&a, &mut ctx, &template_dir, &agent);
+    let result = match a.suite {
+        Suite::Lifecycle => measure(&a, &mut ctx, &template_dir, &agent).map(|r| (r, None)),
+        Suite::Snapshots => {
+            snapshots::measure(&a, &mut ctx, &template_dir, &agent).map(|r| (Vec::new(), Some(r)))
+        }
+    };
     if result.is_err() && !procs::interrupted() {
         if let Some(d) = &ctx.daemon {
             eprintln!("bench: daemon log (tail):\n{}", d.log_tail(30));
         }
     }
     let leftovers = cleanup(&mut ctx);
-    let rows = result?;
+    let (rows, snap) = result?;
     if !leftovers.is_empty() {
         bail!("could not delete: {}", leftovers.join(", "));
     }
     let wall = started.elapsed();
+    if let Some(rep) = snap {
+        let mut out = json!({
+            "benchmark": "sandboxd bench --suite snapshots",
+            "template": a.template(),
+            "runs": a.runs(),
+            "machine": machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
+            "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
+            "rows": rep.rows.iter().map(report::row_json).collect::<Vec<_>>(),
+            "targets": report::targets_json(&rep.targets),
+        });
+        if let (Some(o), Some(x)) = (out.as_object_mut(), rep.extra.as_object()) {
+            o.extend(x.clone());
+        }
+        snapshots::print(&out, &rep, wall.as_secs_f64());
+        return emit(&out, a.json.as_deref());
+    }
 
     let by = |k: &str| rows.iter().find(|r| r.key == k).expect("row");
     let c2e = by("create_to_first_exec");
@@ -168,20 +231,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     let out = json!({
         "benchmark": "sandboxd bench",
-        "template": a.template,
-        "runs": a.runs,
-        "exec_runs": a.runs as usize * EXECS_PER_RUN,
+        "template": a.template(),
+        "runs": a.runs(),
+        "exec_runs": a.runs() as usize * EXECS_PER_RUN,
         "idle_sandboxes": a.idle,
         "exec_command": "argv [\"/bin/true\", \"x\"] (no shell) on both sides",
-        "machine": {
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-            "runsc_version": runsc_version,
-            "platform": "systrap",
-            "loadavg_start": loadavg_start,
-            "loadavg_end": loadavg(),
-            "bench_is_subreaper": !a.no_subreaper,
-        },
+        "machine": machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
         "rows": rows.iter().map(report::row_json).collect::<Vec<_>>(),
@@ -190,9 +245,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     });
     println!(
         "sandboxd bench: template {}, N={} ({} execs), {} idle sandboxes, {} CPUs, {runsc_version}, systrap, {:.0} s",
-        a.template,
-        a.runs,
-        a.runs as usize * EXECS_PER_RUN,
+        a.template(),
+        a.runs(),
+        a.runs() as usize * EXECS_PER_RUN,
         a.idle,
         out["machine"]["cpus"],
         wall.as_secs_f64()
@@ -205,13 +260,30 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     println!("{}", report::targets_text(&targets));
     println!();
-    let line = serde_json::to_string(&out)?;
+    emit(&out, a.json.as_deref())
+}
+
+/// The JSON line on stdout, and pretty-printed to `--json FILE`.
+fn emit(out: &serde_json::Value, file: Option<&Path>) -> anyhow::Result<()> {
+    let line = serde_json::to_string(out)?;
     println!("{line}");
-    if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&out)? + "\n")
+    if let Some(p) = file {
+        std::fs::write(p, serde_json::to_string_pretty(out)? + "\n")
             .with_context(|| format!("write {}", p.display()))?;
     }
     Ok(())
+}
+
+fn machine_json(runsc_version: &str, loadavg_start: &str, subreaper: bool) -> serde_json::Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "runsc_version": runsc_version,
+        "platform": "systrap",
+        "loadavg_start": loadavg_start,
+        "loadavg_end": loadavg(),
+        "bench_is_subreaper": subreaper,
+    })
 }
 
 fn loadavg() -> String {
@@ -238,7 +310,7 @@ fn measure(
         subnet_octet: a.subnet_octet,
     })?);
     ctx.raw = Some(Raw::new(&a.runsc, &ctx.work.join("raw"), template_dir)?);
-    let n = a.runs as usize;
+    let n = a.runs() as usize;
 
     // 1 + 3: create-to-first-exec and delete; sides alternate which goes first.
     progress(&format!(
@@ -449,6 +521,15 @@ fn cleanup(ctx: &mut Ctx) -> Vec<String> {
     let mut left = Vec::new();
     if let Some(r) = ctx.raw.as_mut() {
         left.extend(r.cleanup());
+    }
+    // Through procs: its reaper thread owns waitpid, so Command::status would not see the exit.
+    let errlog = ctx.work.join("umount.err");
+    for m in ctx.mounts.drain(..).rev() {
+        let mut c = std::process::Command::new("umount");
+        c.arg(&m);
+        if let Err(e) = procs::run_quiet("umount", &mut c, &errlog) {
+            eprintln!("bench: could not unmount {}: {e:#}", m.display());
+        }
     }
     if let Some(d) = ctx.daemon.as_mut() {
         left.extend(d.shutdown());

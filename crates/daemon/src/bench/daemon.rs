@@ -29,6 +29,8 @@ pub struct Daemon {
     http: ureq::Agent,
     /// Sandboxes created and not (known to be) deleted yet.
     live: BTreeSet<String>,
+    /// Snapshots created and not (known to be) deleted yet.
+    snaps: BTreeSet<String>,
 }
 
 /// The 12-hex-char name a sandbox's host objects carry (netns `sbx-<short>`, cgroup).
@@ -76,6 +78,7 @@ impl Daemon {
                 .timeout(Duration::from_secs(120))
                 .build(),
             live: BTreeSet::new(),
+            snaps: BTreeSet::new(),
         };
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => d.url = format!("http://{addr}"),
@@ -197,6 +200,197 @@ impl Daemon {
         Ok(took)
     }
 
+    fn project_url(&self) -> String {
+        format!("{}/api/v1beta1/orgs/default/projects/default", self.url)
+    }
+
+    /// POST `body` to `{P}/{path}`; returns the status and the JSON body.
+    pub fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        let r = self
+            .http
+            .post(&format!("{}/{path}", self.project_url()))
+            .set("Authorization", &self.auth())
+            .send_json(body);
+        read_json(r)
+    }
+
+    /// POST create with a full request body (e.g. `from_snapshot`); returns the id once the
+    /// 201 (phase Ready) has been read.
+    pub fn create_with(&mut self, body: Value) -> anyhow::Result<String> {
+        let (status, resp) = self.post("sandboxes", body.clone())?;
+        if let Some(id) = resp["id"].as_str() {
+            self.live.insert(id.to_string());
+        }
+        if status != 201 || resp["phase"] != "Ready" {
+            bail!("create {body}: HTTP {status}: {resp}");
+        }
+        Ok(resp["id"].as_str().context("create: no id")?.to_string())
+    }
+
+    /// POST `{P}/sandboxes/{id}/snapshots`; returns the record, which must be `Ready`.
+    pub fn snapshot(&mut self, id: &str, include_memory: bool) -> anyhow::Result<Value> {
+        let (status, snap) = self.post(
+            &format!("sandboxes/{id}/snapshots"),
+            json!({"include_memory": include_memory}),
+        )?;
+        if let Some(sid) = snap["id"].as_str() {
+            self.snaps.insert(sid.to_string());
+        }
+        if status != 202 || snap["status"] != "Ready" {
+            bail!("snapshot of {id}: HTTP {status}: {snap}");
+        }
+        Ok(snap)
+    }
+
+    /// Ids of the snapshots the project holds (of sandbox `id` if given).
+    pub fn list_snapshots(&self, id: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let path = match id {
+            Some(id) => format!("sandboxes/{id}/snapshots"),
+            None => "snapshots".to_string(),
+        };
+        let mut out = Vec::new();
+        for page in 1..=100 {
+            let r = self
+                .http
+                .get(&format!(
+                    "{}/{path}?limit=100&page={page}",
+                    self.project_url()
+                ))
+                .set("Authorization", &self.auth())
+                .call();
+            let (status, body) = read_json(r)?;
+            if status != 200 {
+                bail!("list snapshots: HTTP {status}: {body}");
+            }
+            let items = body["items"].as_array().cloned().unwrap_or_default();
+            out.extend(
+                items
+                    .iter()
+                    .filter_map(|s| s["id"].as_str().map(str::to_string)),
+            );
+            if items.len() < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// DELETE `{P}/snapshots/{sid}` (a 404 counts as deleted).
+    pub fn delete_snapshot(&mut self, sid: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .delete(&format!("{}/snapshots/{sid}", self.project_url()))
+            .set("Authorization", &self.auth())
+            .call();
+        let (status, body) = read_json(r)?;
+        if status == 204 || status == 404 {
+            self.snaps.remove(sid);
+            return Ok(());
+        }
+        bail!("delete snapshot {sid}: HTTP {status}: {body}")
+    }
+
+    /// POST `{P}/sandboxes/{id}/fork`; returns the new sandbox's id after the 201.
+    pub fn fork(&mut self, id: &str, name: &str) -> anyhow::Result<String> {
+        let (status, resp) = self.post(&format!("sandboxes/{id}/fork"), json!({"name": name}))?;
+        if let Some(nid) = resp["id"].as_str() {
+            self.live.insert(nid.to_string());
+        }
+        if status != 201 {
+            bail!("fork {id}: HTTP {status}: {resp}");
+        }
+        Ok(resp["id"].as_str().context("fork: no id")?.to_string())
+    }
+
+    /// POST `{P}/sandboxes/{id}/{action}` (pause, resume) expecting a 200.
+    pub fn action(&self, id: &str, action: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, resp) = self.post(&format!("sandboxes/{id}/{action}"), body)?;
+        if status != 200 {
+            bail!("{action} {id}: HTTP {status}: {resp}");
+        }
+        Ok(resp)
+    }
+
+    /// Starts a background process through the data plane (`/v1/processes/start`).
+    pub fn start_process(&self, id: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(&format!("{}/v1/processes/start", self.url))
+            .set("Authorization", &self.auth())
+            .set("X-Sandbox-Id", id)
+            .send_json(json!({"program": program, "args": args}));
+        let (status, body) = read_json(r)?;
+        if status != 200 {
+            bail!("start {program}: HTTP {status}: {body}");
+        }
+        Ok(())
+    }
+
+    /// Runs argv through `/v1/exec` and waits for the exit frame; fails unless it exits 0.
+    /// Returns stdout.
+    pub fn exec_argv(&self, id: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let r = self
+            .http
+            .post(&format!("{}/v1/exec", self.url))
+            .set("Authorization", &self.auth())
+            .set("X-Sandbox-Id", id)
+            .send_json(json!({"command": program, "args": args}));
+        let resp = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Status(s, r)) => {
+                bail!("exec: HTTP {s}: {}", r.into_string().unwrap_or_default())
+            }
+            Err(e) => bail!("exec: {e}"),
+        };
+        use base64::Engine as _;
+        let b64 = |v: &Value| {
+            let d = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .unwrap_or_default();
+            String::from_utf8_lossy(&d).into_owned()
+        };
+        let (mut out, mut err) = (String::new(), String::new());
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line.trim())
+                .with_context(|| format!("exec frame {line:?}"))?;
+            match v["type"].as_str() {
+                Some("stdout") => out.push_str(&b64(&v["data"])),
+                Some("stderr") => err.push_str(&b64(&v["data"])),
+                Some("exit") => {
+                    if v["exit_code"] != 0 {
+                        bail!("exec {program}: {v}; stderr: {err}");
+                    }
+                    return Ok(out);
+                }
+                Some("error") => bail!("exec {program}: {v}"),
+                _ => {}
+            }
+        }
+        bail!("exec {program}: stream ended without an exit frame")
+    }
+
+    /// A sandbox's writable layer (its btrfs subvolume) on the daemon's volume.
+    pub fn subvolume(&self, id: &str) -> PathBuf {
+        self.data_dir.join("vol").join(id)
+    }
+
+    /// Where the daemon keeps captured layers (`<vol>/.layers/snap-<id>`).
+    pub fn layer_of(&self, snap: &str) -> PathBuf {
+        self.data_dir
+            .join("vol")
+            .join(".layers")
+            .join(format!("snap-{snap}"))
+    }
+
+    /// Where the daemon keeps a snapshot's checkpoint image (`<data>/images/snap-<id>`).
+    pub fn image_of(&self, snap: &str) -> PathBuf {
+        self.data_dir.join("images").join(format!("snap-{snap}"))
+    }
+
     fn list_ids(&self) -> Vec<String> {
         let r = self
             .http
@@ -221,6 +415,14 @@ impl Daemon {
     pub fn shutdown(&mut self) -> Vec<String> {
         let mut failed = Vec::new();
         if self.child.is_some() && !self.url.is_empty() {
+            let mut snaps: BTreeSet<String> = self.snaps.clone();
+            snaps.extend(self.list_snapshots(None).unwrap_or_default());
+            for sid in snaps {
+                if let Err(e) = self.delete_snapshot(&sid) {
+                    eprintln!("bench: cleanup: {e:#}");
+                    failed.push(format!("snapshot {sid}"));
+                }
+            }
             let mut ids: BTreeSet<String> = self.live.clone();
             ids.extend(self.list_ids());
             for id in ids {

@@ -101,6 +101,79 @@ impl Raw {
         Ok(t.elapsed())
     }
 
+    /// Writes the bundle of a new container whose root is `root`, writable (not timed), that
+    /// runs `args`. Returns its id.
+    pub fn prepare_custom(&mut self, root: &Path, args: &[String]) -> anyhow::Result<String> {
+        let id = self.prepare()?;
+        let mut spec = self.spec.clone();
+        spec["linux"]["cgroupsPath"] = json!(format!("/{}/{id}", self.cg_parent));
+        spec["root"] = json!({"path": root, "readonly": false});
+        spec["process"]["args"] = json!(args);
+        std::fs::write(
+            self.dir.join(&id).join("config.json"),
+            serde_json::to_vec(&spec)?,
+        )?;
+        Ok(id)
+    }
+
+    /// `runsc checkpoint --image-path=<image> [extra] [--leave-running] <id>`. Without
+    /// `leave_running` the container stops; it must then be deleted ([`Raw::delete`]) before
+    /// its id can be restored.
+    pub fn checkpoint(
+        &self,
+        id: &str,
+        image: &Path,
+        leave_running: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Duration> {
+        let mut c = self.cmd();
+        c.arg("checkpoint")
+            .arg(format!("--image-path={}", image.display()))
+            .args(extra);
+        if leave_running {
+            c.arg("--leave-running");
+        }
+        c.arg(id);
+        let t = Instant::now();
+        procs::run_quiet("runsc checkpoint", &mut c, &self.errlog)?;
+        Ok(t.elapsed())
+    }
+
+    /// `runsc restore --detach --image-path=<image>` of container `id` (its bundle must have
+    /// been written by [`Raw::prepare_custom`]).
+    pub fn restore(&mut self, id: &str, image: &Path) -> anyhow::Result<Duration> {
+        let bundle = self.dir.join(id);
+        let mut c = self.cmd();
+        c.arg("restore")
+            .arg("--detach")
+            .arg(format!("--image-path={}", image.display()))
+            .arg(format!("--bundle={}", bundle.display()))
+            .arg(id);
+        self.live.insert(id.to_string());
+        let t = Instant::now();
+        procs::run_quiet("runsc restore", &mut c, &self.errlog)?;
+        Ok(t.elapsed())
+    }
+
+    /// `runsc exec <id> <argv...>` to completion.
+    pub fn exec_argv(&self, id: &str, argv: &[&str]) -> anyhow::Result<Duration> {
+        let mut c = self.cmd();
+        c.arg("exec").arg(id).args(argv);
+        let t = Instant::now();
+        procs::run_quiet("runsc exec", &mut c, &self.errlog)?;
+        Ok(t.elapsed())
+    }
+
+    /// `runsc delete --force`, keeping the bundle (for a later restore under the same id).
+    pub fn delete_keep_bundle(&mut self, id: &str) -> anyhow::Result<Duration> {
+        let mut c = self.cmd();
+        c.args(["delete", "--force", id]);
+        let t = Instant::now();
+        procs::run_quiet("runsc delete", &mut c, &self.errlog)?;
+        self.live.remove(id);
+        Ok(t.elapsed())
+    }
+
     /// `runsc exec <id> /bin/true x`.
     pub fn exec_true(&self, id: &str) -> anyhow::Result<Duration> {
         let mut c = self.cmd();
@@ -204,6 +277,36 @@ pub fn daemon_exec_bare(
         .args(["exec", id, "/bin/true", "x"]);
     let t = Instant::now();
     procs::run_quiet("runsc exec", &mut c, errlog)?;
+    Ok(t.elapsed())
+}
+
+/// `runsc checkpoint --leave-running` of a sandbox of the daemon, called as the daemon calls
+/// runsc: in the sandbox's netns wrapper, with the daemon's global flags (incl.
+/// `--net-disconnect-ok`).
+pub fn daemon_checkpoint_wrapped(
+    runsc: &Path,
+    data_dir: &Path,
+    id: &str,
+    short: &str,
+    image: &Path,
+    extra: &[&str],
+    errlog: &Path,
+) -> anyhow::Result<Duration> {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/sbx-{short}"))
+        .args(["unshare", "-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /proc/sys/net/core && exec \"$@\"")
+        .arg("sh")
+        .arg(runsc)
+        .args(daemon_globals(data_dir))
+        .arg("--net-disconnect-ok")
+        .arg("checkpoint")
+        .arg("--leave-running")
+        .arg(format!("--image-path={}", image.display()))
+        .args(extra)
+        .arg(id);
+    let t = Instant::now();
+    procs::run_quiet("wrapped runsc checkpoint", &mut c, errlog)?;
     Ok(t.elapsed())
 }
 
