@@ -30,6 +30,9 @@ pub struct GvisorConfig {
     pub agent_binary: PathBuf,
     pub runsc: PathBuf,
     pub platform: String,
+    /// `runsc checkpoint --compression`: `none` (default: on this host compression costs ~1.8 s
+    /// per 256 MiB for a 1.7 % smaller image of random memory) or `flate-best-speed`.
+    pub checkpoint_compression: String,
 }
 
 pub struct Gvisor {
@@ -322,7 +325,8 @@ impl Runtime for Gvisor {
             if let Some(img) = image_dir {
                 let t = Instant::now();
                 let path = format!("--image-path={}", img.display());
-                let mut args = vec!["checkpoint", path.as_str()];
+                let compression = format!("--compression={}", self.cfg.checkpoint_compression);
+                let mut args = vec!["checkpoint", path.as_str(), compression.as_str()];
                 if keep_running {
                     args.push("--leave-running");
                 }
