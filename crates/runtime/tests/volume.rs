@@ -56,3 +56,80 @@ fn subvolume_quota_stops_writes_at_the_limit() {
 fn libc_edquot() -> i32 {
     122
 }
+
+/// Two memory images that differ in one MiB share every other block after `share_dirs`, and
+/// both still read back exactly as written.
+#[test]
+fn equal_blocks_of_two_images_are_shared_and_contents_kept() {
+    let dir = std::env::temp_dir().join(format!("sandboxd-dedupe-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vol = Volume::open(&dir).unwrap();
+    let (a, b) = (
+        vol.mountpoint.join(".images/a"),
+        vol.mountpoint.join(".images/b"),
+    );
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    // 8 MiB of non-repeating bytes (a simple LCG), then the same with MiB 3 rewritten, and a
+    // file only the new image has.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let old: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        })
+        .collect();
+    let mut new = old.clone();
+    for v in &mut new[3 << 20..4 << 20] {
+        *v = v.wrapping_add(1);
+    }
+    std::fs::write(a.join("pages.img"), &old).unwrap();
+    std::fs::write(b.join("pages.img"), &new).unwrap();
+    std::fs::write(b.join("only-new.img"), b"x").unwrap();
+    let sync = || {
+        assert!(std::process::Command::new("btrfs")
+            .args(["filesystem", "sync"])
+            .arg(&vol.mountpoint)
+            .status()
+            .unwrap()
+            .success())
+    };
+    sync();
+
+    let shared = sandboxd_runtime::dedupe::share_dirs(&a, &b).unwrap();
+    assert_eq!(shared, 7 << 20, "every MiB but the rewritten one");
+    assert_eq!(std::fs::read(a.join("pages.img")).unwrap(), old);
+    assert_eq!(std::fs::read(b.join("pages.img")).unwrap(), new);
+    // On disk the two files now hold the old 8 MiB once plus the rewritten MiB.
+    sync();
+    let out = std::process::Command::new("btrfs")
+        .args(["filesystem", "du", "-s", "--raw"])
+        .arg(vol.mountpoint.join(".images"))
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .take(3)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // Total 16 MiB + 1 byte of files; held once: 8 MiB shared extents + 1 MiB exclusive (+ tail).
+    assert!(
+        f[1] + f[2] <= (9 << 20) + 8192,
+        "held {} + {} of {}",
+        f[1],
+        f[2],
+        f[0]
+    );
+
+    std::fs::remove_dir_all(&a).unwrap();
+    std::fs::remove_dir_all(&b).unwrap();
+    vol.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
