@@ -81,7 +81,7 @@ async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
                 (&[("store", "meta")], meta as f64),
                 (&[("store", "metrics")], samples as f64),
                 (&[("store", "volume")], allocated(&d.join("volume.img")) as f64),
-                (&[("store", "images")], allocated(&d.join("vol/.images")) as f64),
+                (&[("store", "images")], allocated(&d.join("images")) as f64),
             ],
         );
             r.render()

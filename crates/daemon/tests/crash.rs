@@ -74,7 +74,7 @@ fn check_snapshots(d: &Daemon, case: &str) {
     for s in r.body["items"].as_array().unwrap() {
         let id = s["id"].as_str().unwrap();
         let layer = d.data_dir.join("vol/.layers").join(format!("snap-{id}"));
-        let image = d.data_dir.join("vol/.images").join(format!("snap-{id}"));
+        let image = d.data_dir.join("images").join(format!("snap-{id}"));
         match s["status"].as_str().unwrap() {
             "Ready" => assert!(layer.is_dir(), "{case}: Ready snapshot {id} has no layer"),
             "Failed" => {
@@ -91,7 +91,7 @@ fn check_snapshots(d: &Daemon, case: &str) {
 
 /// No pause image lies around unless its sandbox is paused with memory.
 fn check_no_stray_images(d: &Daemon, case: &str) {
-    let Ok(rd) = std::fs::read_dir(d.data_dir.join("vol/.images")) else {
+    let Ok(rd) = std::fs::read_dir(d.data_dir.join("images")) else {
         return;
     };
     for e in rd.flatten() {

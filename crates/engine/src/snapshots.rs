@@ -144,9 +144,6 @@ impl Engine {
                             0
                         },
                 );
-                if snap.include_memory {
-                    self.share_with_previous(&snap).await;
-                }
                 snap.status = SnapshotStatus::Ready;
                 self.meta.update_snapshot(&snap)?;
                 info!(snapshot_id = %snap.id, paused_ms = stats.paused_ms, checkpoint_ms = stats.checkpoint_ms, "snapshot ready");
@@ -160,37 +157,6 @@ impl Engine {
             }
         }
         Ok(snap)
-    }
-
-    /// Lets a new memory image share the blocks it has in common with the sandbox's previous
-    /// memory snapshot (after the sandbox runs again: it is not frozen for this).
-    async fn share_with_previous(&self, snap: &Snapshot) {
-        let Ok(page) =
-            self.meta
-                .list_snapshots(&snap.tenant, Some(snap.sandbox_id), 0, u64::MAX >> 1)
-        else {
-            return;
-        };
-        let Some(prev) = page
-            .items
-            .iter()
-            .filter(|s| s.id != snap.id && s.include_memory && s.status == SnapshotStatus::Ready)
-            .max_by_key(|s| s.created_at)
-        else {
-            return;
-        };
-        let (_, base) = self.capture_paths(prev.id);
-        let (_, image) = self.capture_paths(snap.id);
-        let t = Instant::now();
-        match self
-            .blocking(move |rt| rt.share_image_blocks(&base, &image))
-            .await
-        {
-            Ok(bytes) => {
-                info!(snapshot_id = %snap.id, base = %prev.id, shared_bytes = bytes, ms = t.elapsed().as_millis() as u64, "memory image shares blocks with the previous one")
-            }
-            Err(e) => warn!(snapshot_id = %snap.id, error = %e, "sharing image blocks"),
-        }
     }
 
     async fn discard_capture(&self, snap: Uuid) {

@@ -323,10 +323,6 @@ impl Runtime for Gvisor {
         let result = (|| {
             let mut checkpoint_ms = 0;
             if let Some(img) = image_dir {
-                if let Some(parent) = img.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(RuntimeError::io("create images dir"))?;
-                }
                 let t = Instant::now();
                 let path = format!("--image-path={}", img.display());
                 let compression = format!("--compression={}", self.cfg.checkpoint_compression);
@@ -426,13 +422,8 @@ impl Runtime for Gvisor {
     fn capture_paths(&self, name: &str) -> (PathBuf, PathBuf) {
         (
             self.volume.layer_path(name),
-            // On the btrfs volume, so that images of one sandbox can share blocks.
-            self.volume.mountpoint.join(".images").join(name),
+            self.cfg.data_dir.join("images").join(name),
         )
-    }
-
-    fn share_image_blocks(&self, base: &Path, image: &Path) -> Result<u64, RuntimeError> {
-        crate::dedupe::share_dirs(base, image).map_err(RuntimeError::io("share image blocks"))
     }
 
     fn drop_layer(&self, layer: &Path) -> Result<(), RuntimeError> {

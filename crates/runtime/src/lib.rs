@@ -5,7 +5,6 @@
 //! Calls block (they run host commands); the engine calls them from blocking threads.
 
 pub mod cgroup;
-pub mod dedupe;
 pub mod fsutil;
 pub mod gvisor;
 pub mod netns;
@@ -144,12 +143,6 @@ pub trait Runtime: Send + Sync {
     fn capture_paths(&self, name: &str) -> (PathBuf, PathBuf);
     /// Deletes a captured layer.
     fn drop_layer(&self, layer: &Path) -> Result<(), RuntimeError>;
-    /// Lets the memory image `image` share the blocks it has in common with `base` (an older
-    /// image of the same sandbox); returns the bytes shared. Storage only: both images stay
-    /// complete and independent.
-    fn share_image_blocks(&self, _base: &Path, _image: &Path) -> Result<u64, RuntimeError> {
-        Ok(0)
-    }
     /// Releases node-wide resources (the volume) if no sandbox uses them any more.
     fn close_if_idle(&self) -> Result<(), RuntimeError>;
 }

@@ -388,9 +388,7 @@ impl Daemon {
 
     /// Where the daemon keeps a snapshot's checkpoint image (`<data>/images/snap-<id>`).
     pub fn image_of(&self, snap: &str) -> PathBuf {
-        self.data_dir
-            .join("vol/.images")
-            .join(format!("snap-{snap}"))
+        self.data_dir.join("images").join(format!("snap-{snap}"))
     }
 
     fn list_ids(&self) -> Vec<String> {

@@ -622,28 +622,8 @@ fn storage_run(
     let first = btrfs_du(&d.layer_of(&sids[0]), errlog)?;
     let images: Vec<u64> = sids.iter().map(|s| alloc_bytes(&d.image_of(s))).collect();
     let images_total: u64 = images.iter().sum();
-    // The memory images live on the volume too and share equal blocks with the sandbox's
-    // previous image: count their extents once, as for the layers, when the images dir holds
-    // exactly these ten (else fall back to the plain sum).
-    let images_dir = vol.join(".images");
-    let mut names: Vec<String> = std::fs::read_dir(&images_dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    let mut ours: Vec<String> = sids.iter().map(|s| format!("snap-{s}")).collect();
-    ours.sort();
-    let images_held = if memory && names == ours {
-        let du = btrfs_du(&images_dir, errlog)?;
-        du.exclusive + du.set_shared
-    } else {
-        images_total
-    };
     let ten_layers = set.exclusive + set.set_shared;
-    let ten_held = ten_layers + images_held;
+    let ten_held = ten_layers + images_total;
     let one_full = first.total + images[0];
     for sid in &sids {
         d.delete_snapshot(sid)?;
@@ -658,12 +638,11 @@ fn storage_run(
         "ten_held_bytes": ten_held,
         "ten_layers_held_bytes": ten_layers,
         "ten_layers_sum_of_totals_bytes": set.total,
-        "ten_images_bytes": images_held,
-        "ten_images_sum_of_sizes_bytes": images_total,
+        "ten_images_bytes": images_total,
         "ratio_ten_over_one": if one_full > 0 { ((ten_held as f64 / one_full as f64) * 1000.0).round() / 1000.0 } else { f64::NAN },
         "volume_data_used_added_bytes": after.0 as i64 - before.0 as i64,
         "volume_metadata_used_added_bytes": after.1 as i64 - before.1 as i64,
-        "added_on_disk_bytes": after.0 as i64 - before.0 as i64,
+        "added_on_disk_bytes": after.0 as i64 - before.0 as i64 + images_total as i64,
         "paused_ms": paused,
     }))
 }
