@@ -58,9 +58,31 @@ pub struct ServeArgs {
     /// How often expired snapshots are deleted, in seconds.
     #[arg(long, env = "SANDBOXD_SNAPSHOT_REAPER_SECS", default_value_t = 3600)]
     pub snapshot_reaper_secs: u64,
+    /// Destinations any sandbox of this node may ever reach, comma-separated IPv4 CIDRs; every
+    /// egress policy (allow-all included) is clamped to them.
+    #[arg(long, env = "SANDBOXD_EGRESS_CEILING", default_value = "0.0.0.0/0", value_parser = parse_ceiling)]
+    pub egress_ceiling: Ceiling,
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ceiling(pub Vec<sandboxd_egress::Net4>);
+
+fn parse_ceiling(s: &str) -> Result<Ceiling, String> {
+    let mut out = Vec::new();
+    for c in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let (a, l) = c.split_once('/').unwrap_or((c, "32"));
+        let ip: std::net::Ipv4Addr = a.parse().map_err(|_| format!("{c}: not an IPv4 CIDR"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{c}: bad prefix length"))?;
+        out.push(sandboxd_egress::Net4::new(ip, len));
+    }
+    Ok(Ceiling(out))
 }
 
 fn physical_memory_mib() -> u64 {
@@ -149,6 +171,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         agent_binary: std::fs::canonicalize(agent)?,
         runsc: a.runsc,
         platform: "systrap".into(),
+        egress_ceiling: a.egress_ceiling.0.clone(),
     })?);
     let templates_dir = a
         .templates_dir
@@ -177,6 +200,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("reconcile: {e} ({e:?})"))?;
     tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
+    {
+        let e = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                e.reconcile_egress().await;
+            }
+        });
+    }
     tokio::spawn(
         engine
             .clone()

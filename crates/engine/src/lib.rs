@@ -6,6 +6,7 @@
 
 pub mod agent_client;
 mod audit;
+pub mod egress;
 pub mod files;
 pub mod keys;
 mod lifetime;
@@ -25,6 +26,7 @@ use thiserror::Error;
 
 pub use agent_client::AgentError;
 pub use audit::AuditRecord;
+pub use egress::EgressUpdate;
 pub use lifetime::Retry;
 pub use sandboxes::CreateSandbox;
 pub use snapshots::CreateSnapshot;

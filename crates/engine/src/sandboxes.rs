@@ -218,6 +218,9 @@ impl Engine {
                 sb.state = SandboxState::Running;
                 sb.lifetime.restart(Utc::now());
                 self.save(&mut sb)?;
+                if let Ok(p) = crate::egress::policy_of(&sb) {
+                    self.audit_egress(&sb, "egress.set", &p, true, started);
+                }
                 info!(ms = started.elapsed().as_millis() as u64, "sandbox running");
                 Ok(sb)
             }
@@ -250,6 +253,7 @@ impl Engine {
             env,
             resources: sb.resources,
             net,
+            egress: crate::egress::policy_of(sb)?,
         })
     }
 

@@ -30,6 +30,8 @@ pub struct GvisorConfig {
     pub agent_binary: PathBuf,
     pub runsc: PathBuf,
     pub platform: String,
+    /// Destinations any sandbox of this node may ever reach (`0.0.0.0/0` = no ceiling).
+    pub egress_ceiling: Vec<sandboxd_egress::Net4>,
 }
 
 pub struct Gvisor {
@@ -110,6 +112,21 @@ impl Gvisor {
             });
         }
         Ok((cmd, ns))
+    }
+
+    fn apply_egress(
+        &self,
+        short: &str,
+        net: NetSlot,
+        policy: &sandboxd_egress::Policy,
+    ) -> Result<(), RuntimeError> {
+        let at = sandboxd_egress::nft::Attach {
+            short,
+            sandbox_ip: net.sandbox_ip(),
+            subnet: sandboxd_egress::Net4::new(net.host_ip(), 16),
+        };
+        sandboxd_egress::nft::apply(at, policy, &self.cfg.egress_ceiling)?;
+        Ok(())
     }
 
     fn runsc_run(&self, what: &str, short: &str, args: &[&str]) -> Result<String, RuntimeError> {
@@ -228,6 +245,7 @@ impl Runtime for Gvisor {
                 debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "rootfs mounted");
                 netns::create(&short, spec.net)
             })
+            .and_then(|()| self.apply_egress(&short, spec.net, &spec.egress))
             .and_then(|()| {
                 debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "netns ready");
                 self.start_container(spec, &short, &layout)
@@ -240,7 +258,7 @@ impl Runtime for Gvisor {
         result
     }
 
-    fn destroy(&self, id: &str, _net: Option<NetSlot>) -> Result<(), RuntimeError> {
+    fn destroy(&self, id: &str, net: Option<NetSlot>) -> Result<(), RuntimeError> {
         let short = short_of(id);
         let layout = self.layout(id);
         if netns::exists(&short) {
@@ -261,6 +279,7 @@ impl Runtime for Gvisor {
             let _ = run("runsc delete", &mut cmd, None);
         }
         overlay::unmount_rootfs(&layout)?;
+        sandboxd_egress::nft::remove(&short, net.map(NetSlot::sandbox_ip));
         netns::destroy(&short)?;
         cgroup::remove(&oci::cgroup_path(&short));
         self.volume.delete(id)?;
@@ -355,6 +374,7 @@ impl Runtime for Gvisor {
             let _ = self.runsc_run("runsc delete", &short, &["delete", "--force", &spec.id]);
             netns::readdress(&short, spec.net)?;
         }
+        self.apply_egress(&short, spec.net, &spec.egress)?;
         self.write_bundle(spec, &short, &layout)?;
         self.launch(spec, &short, &layout, image_dir)
     }
@@ -372,6 +392,7 @@ impl Runtime for Gvisor {
             .clone_layer(layer_src, &spec.id, spec.resources.disk_bytes())
             .and_then(|()| overlay::mount_rootfs(&layout, &spec.template_rootfs))
             .and_then(|()| netns::create(&short, spec.net))
+            .and_then(|()| self.apply_egress(&short, spec.net, &spec.egress))
             .and_then(|()| self.write_bundle(spec, &short, &layout))
             .and_then(|()| self.launch(spec, &short, &layout, image_dir));
         if let Err(e) = &result {
@@ -414,6 +435,19 @@ impl Runtime for Gvisor {
             self.volume.close()?;
         }
         Ok(())
+    }
+
+    fn set_egress(
+        &self,
+        id: &str,
+        net: NetSlot,
+        policy: &sandboxd_egress::Policy,
+    ) -> Result<(), RuntimeError> {
+        self.apply_egress(&short_of(id), net, policy)
+    }
+
+    fn egress_denied(&self, id: &str) -> u64 {
+        sandboxd_egress::nft::denied_total(&short_of(id))
     }
 
     fn alive(&self, id: &str) -> bool {

@@ -108,6 +108,9 @@ impl Daemon {
             .arg(format!("--agent-binary={}", agent_binary().display()))
             .arg(format!("--subnet-octet={}", self.octet))
             .arg("--no-template-build")
+            // Test sandboxes may reach only the addresses of this daemon's test namespaces
+            // (tests/egress.rs builds its "internet" in 198.18.<octet>.0/24).
+            .arg(format!("--egress-ceiling=198.18.{}.0/24", self.octet))
             .args(&self.extra)
             .env("SANDBOXD_LOG", "info")
             .env_remove("SANDBOXD_ADMIN_KEY")

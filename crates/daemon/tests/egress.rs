@@ -1,0 +1,431 @@
+//! Egress policy, black-box against the real daemon with real sandboxes. The test builds its
+//! own "internet": a network namespace with a veth to the root netns, addresses in
+//! 198.18.<octet>.0/24 (benchmark range) and HTTP servers in it. Sandboxes send traffic only to
+//! that namespace and to the host itself (which must refuse them); the daemon is started with
+//! an egress ceiling of 198.18.0.0/15, so no policy can reach anything else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{call, Daemon};
+use serde_json::{json, Value};
+
+/// A namespace "internet" with test hosts; removed on drop.
+struct Internet {
+    ns: String,
+    veth: String,
+    net: u8,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Internet {
+    fn new(net: u8) -> Internet {
+        let ns = format!("sbxt-inet-{net}");
+        let veth = format!("ti{net}");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("tp{net}"),
+        ]);
+        sh(&["ip", "link", "set", &format!("tp{net}"), "netns", &ns]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.18.{net}.1/24"),
+            "dev",
+            &veth,
+        ]);
+        sh(&["ip", "link", "set", &veth, "up"]);
+        let inside = |a: &[&str]| {
+            let mut v = vec!["ip", "-n", ns.as_str()];
+            v.extend_from_slice(a);
+            sh(&v);
+        };
+        let tp = format!("tp{net}");
+        inside(&["link", "set", &tp, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        for host in [2, 3, 5] {
+            inside(&[
+                "addr",
+                "add",
+                &format!("198.18.{net}.{host}/24"),
+                "dev",
+                &tp,
+            ]);
+        }
+        Internet { ns, veth, net }
+    }
+
+    fn ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.net, host)
+    }
+
+    /// Starts an HTTP server on `addr` inside the namespace; it answers `hello <addr>` and
+    /// records the requests it saw.
+    fn http(&self, addr: SocketAddr) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        let l = bind_in_ns(&self.ns, addr);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().map_while(Result::ok) {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let n = c.read(&mut buf).unwrap_or(0);
+                s2.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let body = format!("hello {addr}\n");
+                let _ = c.write_all(
+                    format!(
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        seen
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Binds a listener inside netns `ns` (from a thread that enters it; the socket stays there).
+fn bind_in_ns(ns: &str, addr: SocketAddr) -> TcpListener {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(path).unwrap();
+        // SAFETY: setns(2) on a namespace fd we hold; it changes only this thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns");
+        TcpListener::bind(addr).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A host service on every address of the root netns: sandboxes must never reach it.
+fn host_service() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let l = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let h2 = hits.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().map_while(Result::ok) {
+            h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    (port, hits)
+}
+
+fn start() -> Daemon {
+    Daemon::start()
+}
+
+/// `wget` from inside the sandbox; the body if it got one.
+fn fetch(d: &Daemon, id: &str, url: &str) -> Option<String> {
+    let (exit, out, _) = d.exec(
+        id,
+        "python3",
+        &[
+            "-c",
+            "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=2).read().decode())",
+            url,
+        ],
+    );
+    (exit["exit_code"] == 0).then_some(out)
+}
+
+/// `fetch` that must succeed. A daemon of an older version starting elsewhere on this host
+/// recreates the shared nftables table (fail-closed: everything drops) until this daemon
+/// re-installs its objects (within a second), so a success is given three tries.
+fn fetch_ok(d: &Daemon, id: &str, url: &str) -> String {
+    for _ in 0..3 {
+        if let Some(body) = fetch(d, id, url) {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    panic!("{url} not reachable from {id}\n{}", d.log());
+}
+
+/// Whether a TCP connection from the sandbox to `ip:port` is established.
+fn connects(d: &Daemon, id: &str, ip: &str, port: u16) -> bool {
+    let (exit, _, _) = d.exec(
+        id,
+        "python3",
+        &[
+            "-c",
+            "import sys, socket; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)",
+            ip,
+            &port.to_string(),
+        ],
+    );
+    exit["exit_code"] == 0
+}
+
+fn put_egress(d: &Daemon, id: &str, egress: Value) -> Value {
+    let r = call(
+        &d.key,
+        "PUT",
+        &format!("{}/{id}/egress", d.sandboxes_url("default", "default")),
+        Some(egress),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    r.body
+}
+
+fn sandbox_ip(d: &Daemon, id: &str) -> String {
+    let (_, out, _) = d.exec(
+        id,
+        "python3",
+        &["-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('198.18.0.1', 9)); print(s.getsockname()[0])"],
+    );
+    out.trim().to_string()
+}
+
+fn denied(id: &str) -> u64 {
+    let short: String = id.chars().filter(|c| *c != '-').take(12).collect();
+    let out = Command::new("nft")
+        .args([
+            "list",
+            "counter",
+            "inet",
+            "sandboxd",
+            &format!("eg-{short}-denied"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn deny_all_ip_rules_runtime_update_and_isolation() {
+    let d = start();
+    let inet = Internet::new(d.octet);
+    let (a2, a3) = (inet.ip(2), inet.ip(3));
+    inet.http(SocketAddr::new(a2.into(), 8080));
+    inet.http(SocketAddr::new(a2.into(), 8081));
+    inet.http(SocketAddr::new(a3.into(), 8080));
+    inet.http(SocketAddr::new(inet.ip(5).into(), 8080));
+    let url = |ip: Ipv4Addr, port: u16| format!("http://{ip}:{port}/");
+
+    // NeevCloud's default: deny-all. Nothing answers.
+    let sb = d.create(json!({"sandbox_template_id": "sb-debian-12-python"}));
+    let id = sb["id"].as_str().unwrap();
+    assert_eq!(sb["egress"]["mode"], "deny_all");
+    for (ip, port) in [(a2, 8080), (a2, 8081), (a3, 8080)] {
+        assert_eq!(fetch(&d, id, &url(ip, port)), None, "{ip}:{port}");
+    }
+    // Drops are counted (tries again if another daemon just reset the shared table).
+    assert!(
+        (0..3).any(|_| {
+            connects(&d, id, &a2.to_string(), 8080);
+            denied(id) > 0
+        }),
+        "drops are counted"
+    );
+
+    // One IP rule: exactly that IP and port, applied to the running sandbox.
+    let v = put_egress(
+        &d,
+        id,
+        json!({"mode": "allow_list", "allow": [{"host": a2.to_string(), "ports": [8080], "protocol": "TCP"}]}),
+    );
+    assert_eq!(v["egress"]["allow"][0]["ports"], json!([8080]));
+    assert_eq!(
+        fetch_ok(&d, id, &url(a2, 8080)),
+        format!("hello {a2}:8080\n")
+    );
+    assert_eq!(fetch(&d, id, &url(a2, 8081)), None);
+    assert_eq!(fetch(&d, id, &url(a3, 8080)), None);
+
+    // A CIDR without ports admits every port of every address in it.
+    put_egress(
+        &d,
+        id,
+        json!({"mode": "allow_list", "allow": [{"host": format!("198.18.{}.0/30", d.octet)}]}),
+    );
+    fetch_ok(&d, id, &url(a2, 8081));
+    fetch_ok(&d, id, &url(a3, 8080));
+    assert_eq!(
+        fetch(&d, id, &url(inet.ip(5), 8080)),
+        None,
+        ".5 is outside the /30"
+    );
+
+    // The internet escape hatch: still never the host, another sandbox, link-local.
+    put_egress(
+        &d,
+        id,
+        json!({"mode": "allow_list", "allow_internet": true}),
+    );
+    fetch_ok(&d, id, &url(a3, 8080));
+    let (port, hits) = host_service();
+    let api_port: u16 = d.url.rsplit(':').next().unwrap().parse().unwrap();
+    let host_side = format!("10.{}.0.1", d.octet);
+    for (ip, p) in [
+        (host_side.as_str(), port),
+        (host_side.as_str(), api_port),
+        (&inet.ip(1).to_string(), port),
+        ("127.0.0.1", port),
+        ("169.254.169.254", 80),
+    ] {
+        assert!(!connects(&d, id, ip, p), "{ip}:{p}");
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Another sandbox (its agent listens) is out of reach, both ways.
+    let other = d.create(json!({"sandbox_template_id": "sb-debian-12-python",
+        "egress": {"mode": "allow_list", "allow_internet": true}}));
+    let oid = other["id"].as_str().unwrap();
+    let (aip, oip) = (sandbox_ip(&d, id), sandbox_ip(&d, oid));
+    assert_ne!(aip, oip);
+    assert!(!connects(&d, id, &oip, 7777));
+    assert!(!connects(&d, oid, &aip, 7777));
+    fetch_ok(&d, oid, &url(a2, 8080));
+
+    // Back to deny-all at run time.
+    put_egress(&d, id, json!({"mode": "deny_all"}));
+    assert_eq!(fetch(&d, id, &url(a2, 8080)), None);
+    let audit = call(
+        &d.key,
+        "GET",
+        &format!("{}/{id}/audit", d.sandboxes_url("default", "default")),
+        None,
+    );
+    assert!(audit.raw.contains("egress.update"), "{}", audit.raw);
+    assert!(audit.raw.contains("(internet)"), "{}", audit.raw);
+
+    // Refused: a rule set this node cannot enforce is never silently accepted.
+    let r = call(
+        &d.key,
+        "PUT",
+        &format!("{}/{id}/egress", d.sandboxes_url("default", "default")),
+        Some(json!({"mode": "allow_list", "allow": [{"host": "2001:db8::1"}]})),
+    );
+    assert_eq!(r.status, 400, "{}", r.raw);
+}
+
+#[test]
+fn policy_survives_snapshot_restore_and_fork() {
+    let d = start();
+    let inet = Internet::new(d.octet);
+    let a2 = inet.ip(2);
+    inet.http(SocketAddr::new(a2.into(), 8080));
+    inet.http(SocketAddr::new(inet.ip(3).into(), 8080));
+    let root = d.sandboxes_url("default", "default");
+    let sb = d.create(json!({"sandbox_template_id": "sb-debian-12-python",
+        "egress": {"mode": "allow_list", "allow": [{"host": a2.to_string(), "ports": [8080]}]}}));
+    let id = sb["id"].as_str().unwrap();
+    let ok = format!("http://{a2}:8080/");
+    let blocked = format!("http://{}:8080/", inet.ip(3));
+    fetch_ok(&d, id, &ok);
+    assert_eq!(fetch(&d, id, &blocked), None);
+
+    let s = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/snapshots"),
+        Some(json!({"name": "eg-1", "include_memory": true})),
+    );
+    assert_eq!(s.status, 202, "{}", s.raw);
+    let snap = s.body["id"].as_str().unwrap();
+    let r = call(
+        &d.key,
+        "POST",
+        &root,
+        Some(json!({"name": "restored", "from_snapshot": snap})),
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    let rid = r.body["id"].as_str().unwrap();
+    assert_eq!(r.body["egress"]["allow"][0]["host"], a2.to_string());
+    fetch_ok(&d, rid, &ok);
+    assert_eq!(fetch(&d, rid, &blocked), None, "and the deny");
+
+    // A restore can override it.
+    let r = call(
+        &d.key,
+        "POST",
+        &root,
+        Some(json!({"name": "restored-2", "from_snapshot": snap, "egress": {"mode": "deny_all"}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    let r2 = r.body["id"].as_str().unwrap();
+    assert_eq!(fetch(&d, r2, &ok), None);
+
+    // Leap0: the policy given at create is enforced; restore overrides it; PUT changes it.
+    let l0 = |m: &str, p: &str, b: Option<Value>| call(&d.key, m, &format!("{}{p}", d.url), b);
+    let c = l0(
+        "POST",
+        "/v1/sandbox",
+        Some(json!({"template_name": "sb-debian-12-python",
+            "network_policy": {"mode": "custom", "allow_cidrs": [format!("{}/32", inet.ip(3))]}})),
+    );
+    assert_eq!(c.status, 201, "{}", c.raw);
+    assert_eq!(c.body["network_policy_enforcement"]["enforced"], true);
+    let lid = c.body["id"].as_str().unwrap();
+    fetch_ok(&d, lid, &blocked);
+    assert_eq!(fetch(&d, lid, &ok), None);
+    let u = l0(
+        "PUT",
+        &format!("/v1/sandbox/{lid}/network-policy"),
+        Some(json!({"mode": "deny-all"})),
+    );
+    assert_eq!(u.status, 200, "{}", u.raw);
+    assert_eq!(u.body["network_policy"]["mode"], "deny-all");
+    assert_eq!(fetch(&d, lid, &blocked), None);
+    let s = l0(
+        "POST",
+        &format!("/v1/sandbox/{lid}/snapshot/create"),
+        Some(json!({"name": "l0-eg"})),
+    );
+    assert!(s.status == 200 || s.status == 201, "{}", s.raw);
+    let rr = l0(
+        "POST",
+        "/v1/snapshot/restore",
+        Some(json!({"snapshot_name": "l0-eg", "network_policy": {"mode": "allow-all"}})),
+    );
+    assert_eq!(rr.status, 201, "{}", rr.raw);
+    assert_eq!(rr.body["network_policy"]["mode"], "allow-all");
+    let rrid = rr.body["id"].as_str().unwrap();
+    fetch_ok(&d, rrid, &blocked);
+    // The ceiling still holds under allow-all: the host is closed.
+    assert!(!connects(&d, rrid, &format!("10.{}.0.1", d.octet), 7777));
+}

@@ -1,0 +1,13 @@
+//! Egress policy of sandboxd: one [`Policy`] model the NeevCloud `egress` object and the Leap0
+//! `network_policy` both translate into ([`policy`]), and its enforcement at the host side of
+//! each sandbox's veth in nftables ([`nft`]), where the sandbox cannot change it.
+
+pub mod nft;
+pub mod policy;
+
+pub use policy::{CidrRule, DomainPattern, DomainRule, Net4, Policy, Proto};
+
+/// A policy that cannot be translated or applied. The text is for the log and for 400s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
