@@ -62,6 +62,17 @@ pub struct ServeArgs {
     /// egress policy (allow-all included) is clamped to them.
     #[arg(long, env = "SANDBOXD_EGRESS_CEILING", default_value = "0.0.0.0/0", value_parser = parse_ceiling)]
     pub egress_ceiling: Ceiling,
+    /// Upstream DNS resolver (`ip` or `ip:port`) for the node's egress resolver. Given, the
+    /// node runs the resolver and the SNI/Host proxy that enforce domain rules; absent,
+    /// domain rules are refused.
+    #[arg(long, env = "SANDBOXD_EGRESS_DNS_UPSTREAM")]
+    pub egress_dns_upstream: Option<String>,
+    /// Port of the egress resolver on the host (0 = any free port).
+    #[arg(long, env = "SANDBOXD_EGRESS_DNS_PORT", default_value_t = 0)]
+    pub egress_dns_port: u16,
+    /// Port of the egress proxy on the host (0 = any free port).
+    #[arg(long, env = "SANDBOXD_EGRESS_PROXY_PORT", default_value_t = 0)]
+    pub egress_proxy_port: u16,
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
@@ -166,12 +177,35 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     sandboxd_runtime::netns::check_subnet_free(a.subnet_octet)?;
     sandboxd_runtime::netns::install_host_firewall().context("install host firewall")?;
     sandboxd_runtime::reaper::start().context("become the subreaper of sandbox processes")?;
+    let egress_node = match &a.egress_dns_upstream {
+        Some(u) => {
+            let up: SocketAddr = u
+                .parse()
+                .or_else(|_| {
+                    u.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .with_context(|| format!("--egress-dns-upstream {u}"))?;
+            Some(
+                sandboxd_egress::Node::start(
+                    up,
+                    a.egress_ceiling.0.clone(),
+                    a.egress_dns_port,
+                    a.egress_proxy_port,
+                )
+                .await
+                .context("start the egress resolver and proxy")?,
+            )
+        }
+        None => None,
+    };
     let runtime = Arc::new(Gvisor::new(GvisorConfig {
         data_dir: data_dir.clone(),
         agent_binary: std::fs::canonicalize(agent)?,
         runsc: a.runsc,
         platform: "systrap".into(),
         egress_ceiling: a.egress_ceiling.0.clone(),
+        egress_node,
     })?);
     let templates_dir = a
         .templates_dir

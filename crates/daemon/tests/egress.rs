@@ -67,7 +67,7 @@ impl Internet {
         let tp = format!("tp{net}");
         inside(&["link", "set", &tp, "up"]);
         inside(&["link", "set", "lo", "up"]);
-        for host in [2, 3, 5] {
+        for host in [2, 3, 5, 53] {
             inside(&[
                 "addr",
                 "add",
@@ -118,6 +118,36 @@ impl Drop for Internet {
             .output();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
+}
+
+/// A DNS server in the namespace at 198.18.<net>.53 answering A queries from `zone`.
+fn dns_server(inet: &Internet, zone: Vec<(&'static str, Ipv4Addr)>) {
+    let path = format!("/var/run/netns/{}", inet.ns);
+    let addr = SocketAddr::new(inet.ip(53).into(), 53);
+    let sock = std::thread::spawn(move || {
+        let f = std::fs::File::open(path).unwrap();
+        // SAFETY: setns(2) on a namespace fd we hold; it changes only this thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns");
+        std::net::UdpSocket::bind(addr).unwrap()
+    })
+    .join()
+    .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let q = &buf[..n];
+            let Some((name, qtype, _)) = sandboxd_egress::dns::question(q) else {
+                continue;
+            };
+            let ips: Vec<Ipv4Addr> = zone
+                .iter()
+                .filter(|(z, _)| *z == name && qtype == 1)
+                .map(|(_, ip)| *ip)
+                .collect();
+            let _ = sock.send_to(&sandboxd_egress::dns::answer(q, &ips, 60), peer);
+        }
+    });
 }
 
 /// Binds a listener inside netns `ns` (from a thread that enters it; the socket stays there).
@@ -428,4 +458,155 @@ fn policy_survives_snapshot_restore_and_fork() {
     fetch_ok(&d, rrid, &blocked);
     // The ceiling still holds under allow-all: the host is closed.
     assert!(!connects(&d, rrid, &format!("10.{}.0.1", d.octet), 7777));
+}
+
+/// Python in the sandbox: an HTTP GET of `url` with an optional `Host`, or a TLS ClientHello
+/// naming `sni` to `host:443`. Exit 0 = got a response / the TLS peer was reached.
+fn get_with_host(d: &Daemon, id: &str, url: &str, host: Option<&str>) -> Option<String> {
+    let (exit, out, _) = d.exec(
+        id,
+        "python3",
+        &[
+            "-c",
+            "import sys, urllib.request as u\nr = u.Request(sys.argv[1])\nif sys.argv[2]: r.add_header('Host', sys.argv[2])\nsys.stdout.write(u.urlopen(r, timeout=3).read().decode())",
+            url,
+            host.unwrap_or(""),
+        ],
+    );
+    (exit["exit_code"] == 0).then_some(out)
+}
+
+fn tls_hello(d: &Daemon, id: &str, addr: &str, sni: &str) {
+    let _ = d.exec(
+        id,
+        "python3",
+        &[
+            "-c",
+            "import sys, socket, ssl\ns = socket.create_connection((sys.argv[1], 443), timeout=3)\ntry: ssl.create_default_context().wrap_socket(s, server_hostname=sys.argv[2])\nexcept Exception as e: print(e)",
+            addr,
+            sni,
+        ],
+    );
+}
+
+fn resolves(d: &Daemon, id: &str, name: &str) -> bool {
+    let (exit, _, _) = d.exec(
+        id,
+        "python3",
+        &[
+            "-c",
+            "import sys, socket; socket.gethostbyname(sys.argv[1])",
+            name,
+        ],
+    );
+    exit["exit_code"] == 0
+}
+
+#[test]
+fn domain_rules_admit_only_their_names() {
+    let d = Daemon::start_with(&["--egress-dns-upstream=198.18.{octet}.53"]);
+    let inet = Internet::new(d.octet);
+    let (a2, a3) = (inet.ip(2), inet.ip(3));
+    dns_server(
+        &inet,
+        vec![
+            ("allowed.test", a2),
+            ("other.test", a2),
+            ("a.wild.test", a3),
+            ("wild.test", a3),
+        ],
+    );
+    inet.http(SocketAddr::new(a2.into(), 80));
+    inet.http(SocketAddr::new(a3.into(), 80));
+    let tls_seen = inet.http(SocketAddr::new(a2.into(), 443));
+
+    let c = call(
+        &d.key,
+        "POST",
+        &format!("{}/v1/sandbox", d.url),
+        Some(json!({"template_name": "sb-debian-12-python",
+            "network_policy": {"mode": "custom", "allow_domains": ["allowed.test", "*.wild.test"]}})),
+    );
+    assert_eq!(c.status, 201, "{}", c.raw);
+    assert_eq!(
+        c.body["network_policy_enforcement"]["enforced"], true,
+        "{}",
+        c.raw
+    );
+    let id = c.body["id"].as_str().unwrap();
+
+    // The allowed name resolves and is reachable by name.
+    let mut body = None;
+    for _ in 0..3 {
+        body = get_with_host(&d, id, "http://allowed.test/", None);
+        if body.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert_eq!(
+        body.as_deref(),
+        Some(format!("hello {a2}:80\n").as_str()),
+        "{}",
+        d.log()
+    );
+    // Other names do not resolve; on the same IP they are refused by the proxy; the bare IP too.
+    assert!(!resolves(&d, id, "other.test"));
+    assert_eq!(
+        get_with_host(&d, id, &format!("http://{a2}/"), Some("other.test")),
+        None
+    );
+    assert_eq!(get_with_host(&d, id, &format!("http://{a2}/"), None), None);
+    assert_eq!(
+        get_with_host(&d, id, &format!("http://{a2}/"), Some("allowed.test")).as_deref(),
+        Some(format!("hello {a2}:80\n").as_str()),
+        "the name resolved to this address for this sandbox"
+    );
+    // A port the rule does not cover stays closed.
+    assert_eq!(
+        get_with_host(&d, id, "http://allowed.test:8080/", None),
+        None
+    );
+    // TLS: the SNI decides.
+    let before = tls_seen.lock().unwrap().len();
+    tls_hello(&d, id, &a2.to_string(), "other.test");
+    assert_eq!(tls_seen.lock().unwrap().len(), before, "other SNI refused");
+    tls_hello(&d, id, &a2.to_string(), "allowed.test");
+    assert_eq!(
+        tls_seen.lock().unwrap().len(),
+        before + 1,
+        "allowed SNI admitted"
+    );
+    assert_eq!(tls_seen.lock().unwrap()[before].as_bytes()[0], 0x16);
+
+    // *.wild.test: subdomains only.
+    assert!(resolves(&d, id, "a.wild.test"));
+    assert!(get_with_host(&d, id, "http://a.wild.test/", None).is_some());
+    assert!(!resolves(&d, id, "wild.test"));
+    assert_eq!(
+        get_with_host(&d, id, &format!("http://{a3}/"), Some("wild.test")),
+        None
+    );
+
+    // A name this sandbox never resolved is refused even if it is allowed now: a second
+    // sandbox that did not resolve allowed.test cannot dial its address by name.
+    let c2 = call(
+        &d.key,
+        "POST",
+        &format!("{}/v1/sandbox", d.url),
+        Some(json!({"template_name": "sb-debian-12-python",
+            "network_policy": {"mode": "custom", "allow_domains": ["allowed.test"]}})),
+    );
+    let id2 = c2.body["id"].as_str().unwrap();
+    assert_eq!(
+        get_with_host(&d, id2, &format!("http://{a2}/"), Some("allowed.test")),
+        None
+    );
+
+    // NeevCloud domain rules are accepted now that the node runs the resolver and proxy.
+    let sb = d.create(json!({"sandbox_template_id": "sb-debian-12-python",
+        "egress": {"mode": "allow_list", "allow": [{"host": "allowed.test", "ports": [80]}]}}));
+    let nid = sb["id"].as_str().unwrap();
+    assert!(get_with_host(&d, nid, "http://allowed.test/", None).is_some());
+    assert!(!resolves(&d, nid, "a.wild.test"));
 }

@@ -2,8 +2,19 @@
 //! `network_policy` both translate into ([`policy`]), and its enforcement at the host side of
 //! each sandbox's veth in nftables ([`nft`]), where the sandbox cannot change it.
 
+pub mod dns;
 pub mod nft;
+pub mod node;
 pub mod policy;
+
+pub use node::Node;
+
+static DOMAINS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process runs the resolver and proxy that enforce domain rules.
+pub fn domains_enforced() -> bool {
+    DOMAINS.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 pub use policy::{CidrRule, DomainPattern, DomainRule, Net4, Policy, Proto};
 

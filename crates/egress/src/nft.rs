@@ -53,10 +53,14 @@ pub fn base_batch() -> String {
         "add table {TABLE}\n\
          add map {TABLE} egress_fwd {{ type ifname : verdict; }}\n\
          add map {TABLE} egress_in {{ type ifname : verdict; }}\n\
+         add map {TABLE} egress_nat {{ type ifname : verdict; }}\n\
          add set {TABLE} egress_masq {{ type ipv4_addr; }}\n\
          add chain {TABLE} input {{ type filter hook input priority -10; policy accept; }}\n\
          add chain {TABLE} forward {{ type filter hook forward priority -10; policy accept; }}\n\
          add chain {TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
+         add chain {TABLE} prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
+         flush chain {TABLE} prerouting\n\
+         add rule {TABLE} prerouting iifname \"s-*\" iifname vmap @egress_nat\n\
          flush chain {TABLE} input\n\
          add rule {TABLE} input iifname \"s-*\" ct state established,related accept\n\
          add rule {TABLE} input iifname \"s-*\" iifname vmap @egress_in\n\
@@ -99,6 +103,8 @@ pub struct Attach<'a> {
     pub sandbox_ip: Ipv4Addr,
     /// The node's sandbox subnet (10.<octet>.0.0/16).
     pub subnet: Net4,
+    /// The node's resolver and proxy ports, if it serves domain rules.
+    pub node: Option<(u16, u16)>,
 }
 
 /// The transaction that (re)installs a sandbox's policy, clamped to `ceiling` (the
@@ -164,6 +170,55 @@ pub fn sandbox_batch(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Strin
         "add element {TABLE} egress_fwd {{ \"s-{s}\" : jump {chain} }}"
     );
     let _ = writeln!(b, "add element {TABLE} egress_masq {{ {} }}", at.sandbox_ip);
+    if let Some((dns, proxy)) = at.node {
+        // DNS goes to the node's resolver whatever address the sandbox asks; TCP to the ports
+        // of domain rules that no IP rule admits goes to the proxy.
+        let nat = format!("egn-{s}");
+        let input = format!("egi-{s}");
+        for c in [&nat, &input] {
+            let _ = writeln!(b, "add chain {TABLE} {c}");
+            let _ = writeln!(b, "flush chain {TABLE} {c}");
+        }
+        let _ = writeln!(b, "add rule {TABLE} {nat} udp dport 53 redirect to :{dns}");
+        let _ = writeln!(b, "add rule {TABLE} {nat} ip daddr @{any} return");
+        let _ = writeln!(
+            b,
+            "add rule {TABLE} {nat} ip daddr . meta l4proto . th dport @{ports} return"
+        );
+        let mut dports: Vec<u16> = Vec::new();
+        for d in &policy.domains {
+            let ps: &[u16] = if d.ports.is_empty() {
+                &[80, 443]
+            } else {
+                &d.ports
+            };
+            for p in ps {
+                if !dports.contains(p) {
+                    dports.push(*p);
+                }
+            }
+        }
+        if !dports.is_empty() {
+            let list: Vec<String> = dports.iter().map(u16::to_string).collect();
+            let _ = writeln!(
+                b,
+                "add rule {TABLE} {nat} tcp dport {{ {} }} redirect to :{proxy}",
+                list.join(", ")
+            );
+        }
+        let _ = writeln!(b, "add rule {TABLE} {input} udp dport {dns} accept");
+        if !dports.is_empty() {
+            let _ = writeln!(b, "add rule {TABLE} {input} tcp dport {proxy} accept");
+        }
+        let _ = writeln!(
+            b,
+            "add element {TABLE} egress_nat {{ \"s-{s}\" : jump {nat} }}"
+        );
+        let _ = writeln!(
+            b,
+            "add element {TABLE} egress_in {{ \"s-{s}\" : jump {input} }}"
+        );
+    }
     b
 }
 
@@ -254,15 +309,19 @@ fn dedup_triples(mut v: Vec<Triple>) -> Vec<Triple> {
 /// Installs (or atomically replaces) a sandbox's policy.
 pub fn apply(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Result<(), PolicyError> {
     let batch = sandbox_batch(at, policy, ceiling);
-    match nft(&batch) {
-        Ok(()) => Ok(()),
-        // The table was recreated without our base (another process); put it back once.
-        Err(_) if !base_present() => {
-            install_base()?;
-            nft(&batch)
+    let mut last = None;
+    // A daemon of an older version may recreate the table under us (its base has no maps);
+    // put the base back and try again.
+    for _ in 0..3 {
+        match nft(&batch) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                last = Some(e);
+                install_base()?;
+            }
         }
-        Err(e) => Err(e),
     }
+    Err(last.unwrap_or_else(|| PolicyError("nft failed".into())))
 }
 
 /// Removes a sandbox's objects; whatever is already gone is skipped.
@@ -270,13 +329,17 @@ pub fn remove(short: &str, sandbox_ip: Option<Ipv4Addr>) {
     let mut steps = vec![format!(
         "delete element {TABLE} egress_fwd {{ \"s-{short}\" }}"
     )];
-    steps.push(format!(
-        "delete element {TABLE} egress_in {{ \"s-{short}\" }}"
-    ));
+    for m in ["egress_in", "egress_nat"] {
+        steps.push(format!("delete element {TABLE} {m} {{ \"s-{short}\" }}"));
+    }
     if let Some(ip) = sandbox_ip {
         steps.push(format!("delete element {TABLE} egress_masq {{ {ip} }}"));
     }
-    for c in [format!("eg-{short}"), format!("egi-{short}")] {
+    for c in [
+        format!("eg-{short}"),
+        format!("egi-{short}"),
+        format!("egn-{short}"),
+    ] {
         steps.push(format!("flush chain {TABLE} {c}\ndelete chain {TABLE} {c}"));
     }
     for s in [format!("eg-{short}-a"), format!("eg-{short}-p")] {
@@ -320,6 +383,7 @@ mod tests {
             short: "0123456789ab",
             sandbox_ip: "10.120.0.2".parse().unwrap(),
             subnet: Net4::new("10.120.0.0".parse().unwrap(), 16),
+            node: None,
         }
     }
 
@@ -353,6 +417,26 @@ mod tests {
         assert!(b.contains(
             "198.18.0.2/32 . tcp . 80, 198.18.0.2/32 . tcp . 443, 198.18.2.0/24 . tcp . 53, 198.18.2.0/24 . udp . 53"
         ), "{b}");
+    }
+
+    #[test]
+    fn domain_rules_redirect_to_the_proxy() {
+        let p = Policy::from_leap0(&json!({"mode": "custom", "allow_domains": ["example.com"]}))
+            .unwrap();
+        let b = sandbox_batch(
+            Attach {
+                node: Some((5353, 3128)),
+                ..at()
+            },
+            &p,
+            &all(),
+        );
+        assert!(
+            b.contains("egn-0123456789ab udp dport 53 redirect to :5353"),
+            "{b}"
+        );
+        assert!(b.contains("tcp dport { 80, 443 } redirect to :3128"), "{b}");
+        assert!(b.contains("egi-0123456789ab tcp dport 3128 accept"), "{b}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct GvisorConfig {
     pub platform: String,
     /// Destinations any sandbox of this node may ever reach (`0.0.0.0/0` = no ceiling).
     pub egress_ceiling: Vec<sandboxd_egress::Net4>,
+    /// The node's DNS resolver and egress proxy (domain rules), if it runs them.
+    pub egress_node: Option<std::sync::Arc<sandboxd_egress::Node>>,
 }
 
 pub struct Gvisor {
@@ -120,10 +122,19 @@ impl Gvisor {
         net: NetSlot,
         policy: &sandboxd_egress::Policy,
     ) -> Result<(), RuntimeError> {
+        let subnet = sandboxd_egress::Net4::new(net.host_ip(), 16);
+        if let Some(n) = &self.cfg.egress_node {
+            n.register(net.sandbox_ip(), short, policy, subnet);
+        }
         let at = sandboxd_egress::nft::Attach {
             short,
             sandbox_ip: net.sandbox_ip(),
-            subnet: sandboxd_egress::Net4::new(net.host_ip(), 16),
+            subnet,
+            node: self
+                .cfg
+                .egress_node
+                .as_ref()
+                .map(|n| (n.dns_port, n.proxy_port)),
         };
         sandboxd_egress::nft::apply(at, policy, &self.cfg.egress_ceiling)?;
         Ok(())
@@ -172,6 +183,16 @@ impl Gvisor {
             serde_json::to_vec_pretty(&config).expect("json"),
         )
         .map_err(RuntimeError::io("write OCI config"))?;
+        // The sandbox's DNS is the host side of its veth (redirected to the node's resolver).
+        let etc = rootfs.join("etc");
+        if etc.is_dir() {
+            let _ = std::fs::remove_file(etc.join("resolv.conf"));
+            std::fs::write(
+                etc.join("resolv.conf"),
+                format!("nameserver {}\n", spec.net.host_ip()),
+            )
+            .map_err(RuntimeError::io("write resolv.conf"))?;
+        }
         Ok(())
     }
 
@@ -280,6 +301,9 @@ impl Runtime for Gvisor {
         }
         overlay::unmount_rootfs(&layout)?;
         sandboxd_egress::nft::remove(&short, net.map(NetSlot::sandbox_ip));
+        if let (Some(n), Some(net)) = (&self.cfg.egress_node, net) {
+            n.unregister(net.sandbox_ip());
+        }
         netns::destroy(&short)?;
         cgroup::remove(&oci::cgroup_path(&short));
         self.volume.delete(id)?;
@@ -447,7 +471,13 @@ impl Runtime for Gvisor {
     }
 
     fn egress_denied(&self, id: &str) -> u64 {
-        sandboxd_egress::nft::denied_total(&short_of(id))
+        let short = short_of(id);
+        sandboxd_egress::nft::denied_total(&short)
+            + self
+                .cfg
+                .egress_node
+                .as_ref()
+                .map_or(0, |n| n.denied(&short))
     }
 
     fn alive(&self, id: &str) -> bool {

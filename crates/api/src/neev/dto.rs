@@ -164,7 +164,7 @@ pub fn egress(e: Option<&EgressIn>) -> Result<Option<Value>, ApiError> {
                     "IPv6 destinations are not reachable from sandboxes on this node",
                 ))
             }
-            Err(_) if !DOMAIN_RULES => {
+            Err(_) if !sandboxd_egress::domains_enforced() => {
                 return Err(ApiError::invalid(
                     format!("egress.allow[{i}].host"),
                     "domain rules are not enforced on this node yet; give an IP address or a CIDR block",
@@ -216,10 +216,6 @@ pub fn egress(e: Option<&EgressIn>) -> Result<Option<Value>, ApiError> {
         }
     }))
 }
-
-/// Whether domain rules (`example.com`, `*.example.com`) are enforced (the DNS resolver and
-/// egress proxy); until then they are refused.
-const DOMAIN_RULES: bool = false;
 
 pub fn name(n: Option<&str>) -> Result<String, ApiError> {
     match n {

@@ -111,7 +111,11 @@ impl Daemon {
             // Test sandboxes may reach only the addresses of this daemon's test namespaces
             // (tests/egress.rs builds its "internet" in 198.18.<octet>.0/24).
             .arg(format!("--egress-ceiling=198.18.{}.0/24", self.octet))
-            .args(&self.extra)
+            .args(
+                self.extra
+                    .iter()
+                    .map(|a| a.replace("{octet}", &self.octet.to_string())),
+            )
             .env("SANDBOXD_LOG", "info")
             .env_remove("SANDBOXD_ADMIN_KEY")
             .stdout(Stdio::piped())
