@@ -73,6 +73,14 @@ pub struct ServeArgs {
     /// Port of the egress proxy on the host (0 = any free port).
     #[arg(long, env = "SANDBOXD_EGRESS_PROXY_PORT", default_value_t = 0)]
     pub egress_proxy_port: u16,
+    /// PEM bundle the egress proxy verifies upstream servers against when it applies
+    /// transforms.
+    #[arg(
+        long,
+        env = "SANDBOXD_EGRESS_UPSTREAM_CA",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub egress_upstream_ca: PathBuf,
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
@@ -177,6 +185,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     sandboxd_runtime::netns::check_subnet_free(a.subnet_octet)?;
     sandboxd_runtime::netns::install_host_firewall().context("install host firewall")?;
     sandboxd_runtime::reaper::start().context("become the subreaper of sandbox processes")?;
+    let secrets = Arc::new(
+        sandboxd_egress::secrets::SecretStore::open(&data_dir)
+            .context("open the egress secret store")?,
+    );
     let egress_node = match &a.egress_dns_upstream {
         Some(u) => {
             let up: SocketAddr = u
@@ -186,12 +198,30 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                         .map(|ip| SocketAddr::new(ip, 53))
                 })
                 .with_context(|| format!("--egress-dns-upstream {u}"))?;
+            let tls = match (
+                sandboxd_egress::tls::Ca::load_or_create(&data_dir),
+                sandboxd_egress::tls::client_config(&a.egress_upstream_ca),
+            ) {
+                (Ok(ca), Ok(client)) => {
+                    let store = secrets.clone();
+                    Some(sandboxd_egress::node::NodeTls {
+                        ca: Arc::new(ca),
+                        client,
+                        secrets: Arc::new(move |id: &str| store.open_secret(id)),
+                    })
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "egress transforms are off: no CA or upstream trust");
+                    None
+                }
+            };
             Some(
                 sandboxd_egress::Node::start(
                     up,
                     a.egress_ceiling.0.clone(),
                     a.egress_dns_port,
                     a.egress_proxy_port,
+                    tls,
                 )
                 .await
                 .context("start the egress resolver and proxy")?,
@@ -223,12 +253,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }),
         ..EngineConfig::default()
     };
-    let engine = Arc::new(Engine::new(
-        cfg,
-        meta,
-        runtime,
-        Templates::new(std::fs::canonicalize(&templates_dir)?),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            cfg,
+            meta,
+            runtime,
+            Templates::new(std::fs::canonicalize(&templates_dir)?),
+        )
+        .with_egress_secrets(secrets),
+    );
     engine
         .reconcile()
         .await

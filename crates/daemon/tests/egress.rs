@@ -610,3 +610,204 @@ fn domain_rules_admit_only_their_names() {
     assert!(get_with_host(&d, nid, "http://allowed.test/", None).is_some());
     assert!(!resolves(&d, nid, "a.wild.test"));
 }
+
+/// An HTTPS server for `name` at `addr` in the namespace, with its own CA (returned as PEM);
+/// records each request head it receives.
+fn https_server(
+    inet: &Internet,
+    addr: SocketAddr,
+    name: &str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "egress test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let cfg = std::sync::Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap(),
+    );
+    let l = bind_in_ns(&inet.ns, addr);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().map_while(Result::ok) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, c);
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            if head.is_empty() {
+                continue;
+            }
+            s2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head).into_owned());
+            let body = "hello tls\n";
+            let _ = tls.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (ca.pem(), seen)
+}
+
+#[test]
+fn transform_injects_a_secret_the_sandbox_never_holds() {
+    const SECRET: &str = "tok-9f2c4e7a1b3d5f60-brokered";
+    // The upstream CA file must exist before the daemon starts; the octet is not known yet,
+    // so the server (and its CA) is made after, and the file rewritten in place.
+    let ca_file = std::env::temp_dir().join(format!("egress-test-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, "").unwrap();
+    let mut d = Daemon::start_with(&[
+        "--egress-dns-upstream=198.18.{octet}.53",
+        &format!("--egress-upstream-ca={}", ca_file.display()),
+    ]);
+    let inet = Internet::new(d.octet);
+    let a2 = inet.ip(2);
+    dns_server(&inet, vec![("secure.test", a2)]);
+    let (ca_pem, seen) = https_server(&inet, SocketAddr::new(a2.into(), 443), "secure.test");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    // Restart on the same data dir so the proxy trusts the test CA.
+    d.kill9();
+    d.spawn();
+
+    let c = call(
+        &d.key,
+        "POST",
+        &format!("{}/v1/sandbox", d.url),
+        Some(json!({"template_name": "sb-debian-12-python",
+            "network_policy": {"mode": "custom", "allow_domains": ["secure.test"],
+                "transforms": [{"domain": "secure.test",
+                    "inject_headers": {"Authorization": format!("Bearer {SECRET}")},
+                    "strip_headers": ["X-Sandbox-Token"]}]}})),
+    );
+    assert_eq!(c.status, 201, "{}", c.raw);
+    assert!(
+        !c.raw.contains(SECRET),
+        "the answer holds a reference, not the secret"
+    );
+    assert_eq!(
+        c.body["network_policy_enforcement"]["enforced"], true,
+        "{}",
+        c.raw
+    );
+    let id = c.body["id"].as_str().unwrap();
+
+    let script = "import sys, urllib.request as u\nr = u.Request('https://secure.test/')\nr.add_header('Authorization', 'Bearer sandbox-fake')\nr.add_header('X-Sandbox-Token', 'leak')\nsys.stdout.write(u.urlopen(r, timeout=5).read().decode())";
+    let mut out = String::new();
+    for _ in 0..3 {
+        let (exit, o, e) = d.exec(id, "python3", &["-c", script]);
+        if exit["exit_code"] == 0 {
+            out = o;
+            break;
+        }
+        eprintln!("https attempt: {e}");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert_eq!(out, "hello tls\n", "{}", d.log());
+    let head = seen.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        head.contains(&format!("Authorization: Bearer {SECRET}\r\n")),
+        "{head}"
+    );
+    assert!(!head.contains("sandbox-fake"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("x-sandbox-token"),
+        "{head}"
+    );
+
+    // The sandbox never holds it: not in its env, not in its files, not in its memory.
+    let (_, env, _) = d.exec(id, "env", &[]);
+    assert!(!env.contains(SECRET));
+    let (exit, files, _) = d.exec(
+        id,
+        "grep",
+        &[
+            "-rlF",
+            SECRET,
+            "/etc",
+            "/root",
+            "/tmp",
+            "/usr/local",
+            "/home",
+            "/var",
+        ],
+    );
+    assert_eq!(exit["exit_code"], 1, "{files}");
+    let s = call(
+        &d.key,
+        "POST",
+        &format!("{}/v1/sandbox/{id}/snapshot/create", d.url),
+        Some(json!({"name": "with-secret"})),
+    );
+    assert!(s.status == 200 || s.status == 201, "{}", s.raw);
+    let dd = d.data_dir.display().to_string();
+    let g = Command::new("grep")
+        .args([
+            "-rlF",
+            SECRET,
+            &format!("{dd}/images"),
+            &format!("{dd}/vol"),
+            &format!("{dd}/meta.db"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        g.status.code(),
+        Some(1),
+        "found in: {}",
+        String::from_utf8_lossy(&g.stdout)
+    );
+    assert!(!d.log().contains(SECRET), "never logged");
+
+    // A restore re-applies the transform (the sealed secret is referenced, not copied).
+    let r = call(
+        &d.key,
+        "POST",
+        &format!("{}/v1/snapshot/restore", d.url),
+        Some(json!({"snapshot_name": "with-secret"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    let rid = r.body["id"].as_str().unwrap();
+    let before = seen.lock().unwrap().len();
+    let mut ok = false;
+    for _ in 0..3 {
+        let (exit, _, _) = d.exec(rid, "python3", &["-c", script]);
+        if exit["exit_code"] == 0 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(ok, "{}", d.log());
+    let heads = seen.lock().unwrap();
+    assert!(heads.len() > before);
+    assert!(heads.last().unwrap().contains(&format!("Bearer {SECRET}")));
+    let _ = std::fs::remove_file(&ca_file);
+}

@@ -6,6 +6,8 @@ pub mod dns;
 pub mod nft;
 pub mod node;
 pub mod policy;
+pub mod secrets;
+pub mod tls;
 
 pub use node::Node;
 
@@ -16,7 +18,14 @@ pub fn domains_enforced() -> bool {
     DOMAINS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-pub use policy::{CidrRule, DomainPattern, DomainRule, Net4, Policy, Proto};
+static TRANSFORMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the proxy terminates TLS and applies transforms.
+pub fn transforms_enforced() -> bool {
+    TRANSFORMS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub use policy::{CidrRule, DomainPattern, DomainRule, Net4, Policy, Proto, Transform};
 
 /// A policy that cannot be translated or applied. The text is for the log and for 400s.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -180,6 +180,14 @@ pub fn sandbox_batch(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Strin
             let _ = writeln!(b, "flush chain {TABLE} {c}");
         }
         let _ = writeln!(b, "add rule {TABLE} {nat} udp dport 53 redirect to :{dns}");
+        if !policy.transforms.is_empty() {
+            // Transformed names may sit behind addresses IP rules admit: 80/443 all go through
+            // the proxy, which splices what it does not transform.
+            let _ = writeln!(
+                b,
+                "add rule {TABLE} {nat} tcp dport {{ 80, 443 }} redirect to :{proxy}"
+            );
+        }
         let _ = writeln!(b, "add rule {TABLE} {nat} ip daddr @{any} return");
         let _ = writeln!(
             b,
@@ -207,7 +215,7 @@ pub fn sandbox_batch(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Strin
             );
         }
         let _ = writeln!(b, "add rule {TABLE} {input} udp dport {dns} accept");
-        if !dports.is_empty() {
+        if !dports.is_empty() || !policy.transforms.is_empty() {
             let _ = writeln!(b, "add rule {TABLE} {input} tcp dport {proxy} accept");
         }
         let _ = writeln!(

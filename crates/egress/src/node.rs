@@ -42,12 +42,23 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Looks up a sealed secret by the reference stored in a policy.
+pub type SecretLookup = Arc<dyn Fn(&str) -> Option<secrecy::SecretString> + Send + Sync>;
+
+/// What transforms need: the node CA, the upstream TLS client, and the secret store.
+pub struct NodeTls {
+    pub ca: Arc<crate::tls::Ca>,
+    pub client: Arc<rustls::ClientConfig>,
+    pub secrets: SecretLookup,
+}
+
 pub struct Node {
     pub dns_port: u16,
     pub proxy_port: u16,
     upstream: SocketAddr,
     ceiling: Vec<Net4>,
     sandboxes: RwLock<HashMap<Ipv4Addr, Arc<Entry>>>,
+    tls: Option<NodeTls>,
 }
 
 /// Longest a resolved address stays admitted, whatever the TTL said; and the least.
@@ -62,6 +73,7 @@ impl Node {
         ceiling: Vec<Net4>,
         dns_port: u16,
         proxy_port: u16,
+        tls: Option<NodeTls>,
     ) -> std::io::Result<Arc<Node>> {
         let udp = UdpSocket::bind(("0.0.0.0", dns_port)).await?;
         let tcp = TcpListener::bind(("0.0.0.0", proxy_port)).await?;
@@ -71,9 +83,11 @@ impl Node {
             upstream,
             ceiling,
             sandboxes: RwLock::new(HashMap::new()),
+            tls,
         });
         info!(dns_port = node.dns_port, proxy_port = node.proxy_port, %upstream, "egress resolver and proxy listening");
         crate::DOMAINS.store(true, Ordering::Relaxed);
+        crate::TRANSFORMS.store(node.tls.is_some(), Ordering::Relaxed);
         tokio::spawn(node.clone().serve_dns(Arc::new(udp)));
         tokio::spawn(node.clone().serve_proxy(tcp));
         Ok(node)
@@ -103,6 +117,11 @@ impl Node {
                 last_log: Mutex::new(None),
             }),
         );
+    }
+
+    /// The node CA certificate (PEM) sandboxes trust, if the node runs transforms.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.ca.pem.as_str())
     }
 
     pub fn unregister(&self, sandbox_ip: Ipv4Addr) {
@@ -218,12 +237,24 @@ impl Node {
     /// Admits or refuses one connection; Err(reason) = refused.
     async fn proxy(&self, entry: &Entry, mut conn: TcpStream) -> Result<(), String> {
         let dst = original_dst(&conn).ok_or("no original destination")?;
+        let ip = *dst.ip();
+        if always_denied(ip)
+            || entry.subnet.contains(ip)
+            || !self.ceiling.iter().any(|c| c.contains(ip))
+        {
+            return Err(format!("{ip} is closed to sandboxes"));
+        }
+        let ip_allowed =
+            entry
+                .policy
+                .allows_ip(ip, crate::policy::Proto::Tcp, dst.port(), entry.subnet);
         let mut head = Vec::with_capacity(2048);
         let name = tokio::time::timeout(Duration::from_secs(10), async {
             let mut buf = [0u8; 4096];
             loop {
                 match sniff(&head) {
-                    Sniff::Name(n) => return Ok(n),
+                    Sniff::Name(n) => return Ok(Some(n)),
+                    Sniff::No if ip_allowed => return Ok(None),
                     Sniff::No => return Err("no TLS SNI or HTTP Host".to_string()),
                     Sniff::More => {}
                 }
@@ -239,34 +270,165 @@ impl Node {
         })
         .await
         .map_err(|_| "no name within 10 s".to_string())??;
-        let ip = *dst.ip();
-        if always_denied(ip)
-            || entry.subnet.contains(ip)
-            || !self.ceiling.iter().any(|c| c.contains(ip))
-        {
-            return Err(format!("{ip} is closed to sandboxes"));
+        if !ip_allowed {
+            let name = name.as_deref().unwrap_or_default();
+            if !entry.policy.allows_name(name, dst.port()) {
+                return Err(format!("{name}:{} is not allowed", dst.port()));
+            }
+            let resolved = {
+                let r = entry.resolved.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                r.get(name)
+                    .is_some_and(|l| l.iter().any(|(i, until)| *i == ip && *until > now))
+            };
+            if !resolved {
+                return Err(format!("{name} did not resolve to {ip}"));
+            }
         }
-        if !entry.policy.allows_name(&name, dst.port()) {
-            return Err(format!("{name}:{} is not allowed", dst.port()));
-        }
-        let resolved = {
-            let r = entry.resolved.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            r.get(&name.to_ascii_lowercase())
-                .is_some_and(|l| l.iter().any(|(i, until)| *i == ip && *until > now))
-        };
-        if !resolved {
-            return Err(format!("{name} did not resolve to {ip}"));
-        }
+        let transform = name
+            .as_deref()
+            .and_then(|n| entry.policy.transform_for(n))
+            .cloned();
         let mut up = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(dst))
             .await
             .map_err(|_| format!("connect {dst}: timed out"))?
             .map_err(|e| format!("connect {dst}: {e}"))?;
         let _ = up.set_nodelay(true);
         let _ = conn.set_nodelay(true);
-        up.write_all(&head).await.map_err(|e| e.to_string())?;
-        let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
-        Ok(())
+        match (transform, name) {
+            (Some(t), Some(name)) => self.intercept(conn, up, head, &name, &t).await,
+            _ => {
+                up.write_all(&head).await.map_err(|e| e.to_string())?;
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a transform: TLS is terminated with a leaf of the node CA and re-opened,
+    /// verified, upstream; the request head is rewritten (one request per connection).
+    async fn intercept(
+        &self,
+        conn: TcpStream,
+        up: TcpStream,
+        head: Vec<u8>,
+        name: &str,
+        t: &crate::policy::Transform,
+    ) -> Result<(), String> {
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or("transforms are not available on this node")?;
+        let mut inject = Vec::new();
+        for (k, v) in &t.inject {
+            let secret = match v.strip_prefix("sandboxd-secret:") {
+                Some(r) => (tls.secrets)(r).ok_or("a sealed secret is missing")?,
+                None => secrecy::SecretString::from(v.clone()),
+            };
+            inject.push((k.clone(), secret));
+        }
+        if head.first() == Some(&0x16) {
+            let cfg = tls.ca.server_config(name)?;
+            let client = tokio_rustls::TlsAcceptor::from(cfg)
+                .accept(Prefixed {
+                    head,
+                    pos: 0,
+                    inner: conn,
+                })
+                .await
+                .map_err(|e| format!("TLS from the sandbox: {e}"))?;
+            let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+                .map_err(|e| e.to_string())?;
+            let upstream = tokio_rustls::TlsConnector::from(tls.client.clone())
+                .connect(server_name, up)
+                .await
+                .map_err(|e| format!("TLS to {name}: {e}"))?;
+            rewrite_and_splice(client, upstream, Vec::new(), &inject, &t.strip).await
+        } else {
+            rewrite_and_splice(conn, up, head, &inject, &t.strip).await
+        }
+    }
+}
+
+/// Reads the request head from `client` (after `already`), rewrites it and splices the rest.
+async fn rewrite_and_splice<C, U>(
+    mut client: C,
+    mut up: U,
+    mut buf: Vec<u8>,
+    inject: &[(String, secrecy::SecretString)],
+    strip: &[String],
+) -> Result<(), String>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err("request head over 64 KiB".into());
+        }
+        let n = client.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before a request".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head =
+        crate::tls::rewrite_head(&buf[..end], inject, strip).ok_or("not an HTTP/1.x request")?;
+    up.write_all(&head).await.map_err(|e| e.to_string())?;
+    up.write_all(&buf[end + 4..])
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+    Ok(())
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed {
+    head: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.pos < self.head.len() {
+            let n = (self.head.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.head[start..start + n]);
+            self.pos += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -135,11 +135,32 @@ pub struct DomainRule {
     pub ports: Vec<u16>,
 }
 
+/// Header rewriting for requests to `domain` (credential brokering). `inject` values are
+/// secrets or references to sealed secrets (`sandboxd-secret:<id>`); Debug never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Transform {
+    pub domain: DomainPattern,
+    pub inject: Vec<(String, String)>,
+    pub strip: Vec<String>,
+}
+
+impl std::fmt::Debug for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.inject.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Transform")
+            .field("domain", &self.domain)
+            .field("inject", &names)
+            .field("strip", &self.strip)
+            .finish()
+    }
+}
+
 /// What a sandbox may reach. Empty = deny-all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     pub cidrs: Vec<CidrRule>,
     pub domains: Vec<DomainRule>,
+    pub transforms: Vec<Transform>,
     /// Rules given that this node cannot enforce (IPv6 CIDRs), for the client's information.
     pub unenforced: Vec<String>,
 }
@@ -178,6 +199,11 @@ impl Policy {
 
     pub fn is_deny_all(&self) -> bool {
         self.cidrs.is_empty() && self.domains.is_empty()
+    }
+
+    /// The transform for `name`, if any.
+    pub fn transform_for(&self, name: &str) -> Option<&Transform> {
+        self.transforms.iter().find(|t| t.domain.matches(name))
     }
 
     /// Whether a packet to `ip` (`proto`, `port`) passes the IP rules. `own_subnet` is the
@@ -251,7 +277,11 @@ impl Policy {
     /// transforms}`.
     pub fn from_leap0(v: &Value) -> Result<Policy, PolicyError> {
         match v.get("mode").and_then(Value::as_str) {
-            Some("allow-all") | None => Ok(Policy::allow_all()),
+            Some("allow-all") | None => {
+                let mut p = Policy::allow_all();
+                p.transforms = transforms(v)?;
+                Ok(p)
+            }
             Some("deny-all") => Ok(Policy::deny_all()),
             Some("custom") => {
                 let mut p = Policy::default();
@@ -264,6 +294,7 @@ impl Policy {
                         ports: vec![],
                     });
                 }
+                p.transforms = transforms(v)?;
                 Ok(p)
             }
             Some(o) => Err(PolicyError(format!("unknown mode {o}"))),
@@ -313,6 +344,38 @@ fn ports(v: Option<&Value>) -> Result<Vec<u16>, PolicyError> {
         if !out.contains(&n) {
             out.push(n);
         }
+    }
+    Ok(out)
+}
+
+fn transforms(v: &Value) -> Result<Vec<Transform>, PolicyError> {
+    let mut out = Vec::new();
+    for t in v
+        .get("transforms")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let domain = t
+            .get("domain")
+            .and_then(Value::as_str)
+            .ok_or_else(|| PolicyError("transform without domain".into()))?;
+        let inject = t
+            .get("inject_headers")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Transform {
+            domain: DomainPattern::parse(domain)?,
+            inject,
+            strip: strings(t.get("strip_headers"))
+                .map(str::to_string)
+                .collect(),
+        });
     }
     Ok(out)
 }
@@ -407,6 +470,19 @@ mod tests {
         .unwrap();
         assert!(n.allows_name("api.example.com", 8443));
         assert!(!n.allows_name("api.example.com", 443));
+    }
+
+    #[test]
+    fn transforms_parse_and_never_print_values() {
+        let p = Policy::from_leap0(&json!({"mode": "custom", "allow_domains": ["api.example.com"],
+            "transforms": [{"domain": "api.example.com",
+                "inject_headers": {"Authorization": "Bearer s3cret"}, "strip_headers": ["Cookie"]}]}))
+        .unwrap();
+        let t = p.transform_for("api.example.com").unwrap();
+        assert_eq!(t.inject[0].1, "Bearer s3cret");
+        assert_eq!(t.strip, vec!["Cookie".to_string()]);
+        assert!(!format!("{p:?}").contains("s3cret"));
+        assert!(p.transform_for("example.com").is_none());
     }
 
     #[test]

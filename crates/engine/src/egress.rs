@@ -57,6 +57,27 @@ pub fn summary(p: &Policy) -> String {
 }
 
 impl Engine {
+    /// Replaces transform header values in a Leap0 policy with references to sealed copies.
+    pub(crate) fn seal_policy(&self, policy: &mut Option<Value>) -> Result<(), EngineError> {
+        let Some(p) = policy.as_mut() else {
+            return Ok(());
+        };
+        if p.get("transforms").is_none() {
+            return Ok(());
+        }
+        let store = self.egress_secrets.as_ref().ok_or_else(|| {
+            CoreError::invalid(
+                "network_policy.transforms",
+                "transforms are not available on this node",
+            )
+        })?;
+        store.seal_policy(p).map_err(|e| {
+            warn!(error = %e, "sealing a transform secret failed");
+            CoreError::Internal("could not store the transform secrets".into())
+        })?;
+        Ok(())
+    }
+
     /// Replaces a sandbox's egress policy without restarting it: stored, then installed in one
     /// nftables transaction (a paused or stopped sandbox gets it when it runs again).
     pub async fn update_egress(
@@ -74,7 +95,9 @@ impl Engine {
                 sb_new.network_policy = None;
             }
             EgressUpdate::Leap0(v) => {
-                sb_new.network_policy = Some(v);
+                let mut v = Some(v);
+                self.seal_policy(&mut v)?;
+                sb_new.network_policy = v;
                 sb_new.egress = None;
             }
         }

@@ -93,6 +93,8 @@ pub struct Engine {
     busy: Mutex<HashSet<SandboxId>>,
     audit: audit::AuditLog,
     snapshot_locks: SnapshotLocks,
+    /// Where transform secrets are sealed; records keep only references.
+    egress_secrets: Option<Arc<sandboxd_egress::secrets::SecretStore>>,
 }
 
 /// Restores of a snapshot hold it shared; deleting it waits for them.
@@ -149,7 +151,17 @@ impl Engine {
             busy: Mutex::new(HashSet::new()),
             audit: audit::AuditLog::default(),
             snapshot_locks: SnapshotLocks::default(),
+            egress_secrets: None,
         }
+    }
+
+    /// Seals transform secrets in `store` before any record holds them.
+    pub fn with_egress_secrets(
+        mut self,
+        store: Arc<sandboxd_egress::secrets::SecretStore>,
+    ) -> Self {
+        self.egress_secrets = Some(store);
+        self
     }
 
     pub fn meta(&self) -> &dyn MetaStore {

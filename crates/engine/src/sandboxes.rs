@@ -170,8 +170,9 @@ impl Engine {
         &self,
         principal: &Principal,
         tenant: &Tenant,
-        req: CreateSandbox,
+        mut req: CreateSandbox,
     ) -> Result<Sandbox, EngineError> {
+        self.seal_policy(&mut req.network_policy)?;
         if let Some(r) = &req.region {
             if r != &self.cfg.region {
                 return Err(CoreError::invalid(

@@ -193,6 +193,10 @@ impl Gvisor {
             )
             .map_err(RuntimeError::io("write resolv.conf"))?;
         }
+        // The node CA that signs what the egress proxy presents for transformed names.
+        if let Some(pem) = self.cfg.egress_node.as_ref().and_then(|n| n.ca_pem()) {
+            install_ca(&rootfs, pem)?;
+        }
         Ok(())
     }
 
@@ -242,6 +246,32 @@ impl Gvisor {
         }
         Ok(())
     }
+}
+
+/// Adds `pem` to the sandbox's trust store (Debian layout; the bundle is created if the image
+/// has none). Written to the writable layer; idempotent.
+fn install_ca(rootfs: &Path, pem: &str) -> Result<(), RuntimeError> {
+    let local = rootfs.join("usr/local/share/ca-certificates");
+    if rootfs.join("usr").is_dir() {
+        std::fs::create_dir_all(&local).map_err(RuntimeError::io("create ca dir"))?;
+        std::fs::write(local.join("sandboxd-egress.crt"), pem)
+            .map_err(RuntimeError::io("write CA"))?;
+    }
+    let certs = rootfs.join("etc/ssl/certs");
+    if !certs.is_dir() {
+        std::fs::create_dir_all(&certs).map_err(RuntimeError::io("create cert dir"))?;
+    }
+    let bundle = certs.join("ca-certificates.crt");
+    let current = std::fs::read_to_string(&bundle).unwrap_or_default();
+    if !current.contains(pem.trim()) {
+        let mut all = current;
+        if !all.is_empty() && !all.ends_with('\n') {
+            all.push('\n');
+        }
+        all.push_str(pem);
+        std::fs::write(&bundle, all).map_err(RuntimeError::io("write CA bundle"))?;
+    }
+    Ok(())
 }
 
 impl Runtime for Gvisor {

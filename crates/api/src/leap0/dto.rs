@@ -344,7 +344,8 @@ pub fn enforcement(policy: Option<&Value>) -> Value {
                 .any(|c| c.as_str().is_some_and(|c| c.contains(':')))
         });
     let domains_ok = sandboxd_egress::domains_enforced() || !non_empty("allow_domains");
-    let enforced = asked != "custom" || (domains_ok && !non_empty("transforms") && !v6);
+    let transforms_ok = sandboxd_egress::transforms_enforced() || !non_empty("transforms");
+    let enforced = transforms_ok && (asked != "custom" || (domains_ok && !v6));
     let mut v = json!({"requested_mode": asked, "effective_mode": asked, "enforced": enforced});
     if !enforced {
         v["note"] = json!(NOT_ENFORCED);
