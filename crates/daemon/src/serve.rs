@@ -266,6 +266,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .reconcile()
         .await
         .map_err(|e| anyhow::anyhow!("reconcile: {e} ({e:?})"))?;
+    engine.reapply_egress().await;
     tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
     {
         let e = engine.clone();

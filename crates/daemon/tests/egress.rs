@@ -504,7 +504,7 @@ fn resolves(d: &Daemon, id: &str, name: &str) -> bool {
 
 #[test]
 fn domain_rules_admit_only_their_names() {
-    let d = Daemon::start_with(&["--egress-dns-upstream=198.18.{octet}.53"]);
+    let mut d = Daemon::start_with(&["--egress-dns-upstream=198.18.{octet}.53"]);
     let inet = Internet::new(d.octet);
     let (a2, a3) = (inet.ip(2), inet.ip(3));
     dns_server(
@@ -609,6 +609,20 @@ fn domain_rules_admit_only_their_names() {
     let nid = sb["id"].as_str().unwrap();
     assert!(get_with_host(&d, nid, "http://allowed.test/", None).is_some());
     assert!(!resolves(&d, nid, "a.wild.test"));
+
+    // After a daemon crash and restart (new resolver and proxy ports) the rules hold again.
+    d.kill9();
+    d.spawn();
+    let mut body = None;
+    for _ in 0..3 {
+        body = get_with_host(&d, nid, "http://allowed.test/", None);
+        if body.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(body.is_some(), "{}", d.log());
+    assert!(!resolves(&d, nid, "other.test"));
 }
 
 /// An HTTPS server for `name` at `addr` in the namespace, with its own CA (returned as PEM);

@@ -164,6 +164,12 @@ impl Engine {
         if let Err(e) = tokio::task::spawn_blocking(sandboxd_egress::nft::install_base).await {
             warn!(error = %e, "re-install egress base");
         }
+        self.reapply_egress().await;
+    }
+
+    /// Installs the policy of every sandbox that holds a network (at start: the resolver and
+    /// proxy of this process know no sandbox yet, and their ports may have changed).
+    pub async fn reapply_egress(&self) {
         let Ok(all) = self.meta.all_sandboxes() else {
             return;
         };
