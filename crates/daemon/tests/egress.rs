@@ -363,14 +363,24 @@ fn deny_all_ip_rules_runtime_update_and_isolation() {
     assert!(audit.raw.contains("egress.update"), "{}", audit.raw);
     assert!(audit.raw.contains("(internet)"), "{}", audit.raw);
 
-    // Refused: a rule set this node cannot enforce is never silently accepted.
+    // The SDK's allow_internet shape (`0.0.0.0/0` and `::/0` hosts) is accepted; IPv6 rules
+    // admit nothing (no IPv6 path). Domain rules on a node without the proxy are refused.
     let r = call(
         &d.key,
         "PUT",
         &format!("{}/{id}/egress", d.sandboxes_url("default", "default")),
-        Some(json!({"mode": "allow_list", "allow": [{"host": "2001:db8::1"}]})),
+        Some(json!({"mode": "allow_list", "allow": [{"host": "0.0.0.0/0"}, {"host": "::/0"}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    fetch_ok(&d, id, &url(a2, 8080));
+    let r = call(
+        &d.key,
+        "PUT",
+        &format!("{}/{id}/egress", d.sandboxes_url("default", "default")),
+        Some(json!({"mode": "allow_list", "allow": [{"host": "example.com"}]})),
     );
     assert_eq!(r.status, 400, "{}", r.raw);
+    assert_eq!(r.body["field"], "egress.allow[0].host", "{}", r.raw);
 }
 
 #[test]

@@ -348,12 +348,25 @@ pub fn enforcement(policy: Option<&Value>) -> Value {
     let enforced = transforms_ok && (asked != "custom" || (domains_ok && !v6));
     let mut v = json!({"requested_mode": asked, "effective_mode": asked, "enforced": enforced});
     if !enforced {
-        v["note"] = json!(NOT_ENFORCED);
+        let mut missing = Vec::new();
+        if !domains_ok && asked == "custom" {
+            missing.push("allow_domains");
+        }
+        if !transforms_ok {
+            missing.push("transforms");
+        }
+        if v6 && asked == "custom" {
+            missing.push("IPv6 allow_cidrs");
+        }
+        v["note"] = json!(format!(
+            "not enforced on this node: {}; connections they would admit are refused (the rest of the policy is enforced)",
+            missing.join(", ")
+        ));
     }
     v
 }
 
-pub const NOT_ENFORCED: &str = "allow_domains, transforms and IPv6 allow_cidrs are not enforced on this node yet: connections they would admit are refused; IPv4 allow_cidrs are enforced";
+pub const NOT_ENFORCED: &str = "part of this network policy is not enforced on this node (see network_policy_enforcement.note): connections it would admit are refused";
 
 /// Whether a request's explicit policy is one the node does not honour as written.
 pub fn policy_not_honoured(policy: Option<&Value>) -> bool {

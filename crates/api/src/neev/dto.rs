@@ -142,8 +142,9 @@ fn valid_host(h: &str) -> bool {
 }
 
 /// Validates the egress object and returns its normalised JSON, which the egress engine
-/// enforces. IP/CIDR rules (IPv4; a sandbox has no IPv6 path) are enforced in nftables; domain
-/// rules need the egress proxy and are refused where it is not available.
+/// enforces. IPv4 IP/CIDR rules are enforced in nftables (IPv6 ones admit nothing: a sandbox
+/// has no IPv6 path); domain rules need the egress proxy and are refused where it is not
+/// available.
 pub fn egress(e: Option<&EgressIn>) -> Result<Option<Value>, ApiError> {
     let Some(e) = e else { return Ok(None) };
     let mode = e.mode.unwrap_or(EgressMode::DenyAll);
@@ -156,14 +157,10 @@ pub fn egress(e: Option<&EgressIn>) -> Result<Option<Value>, ApiError> {
                 "must be an IP address, a CIDR block or a domain name",
             ));
         }
+        // IPv6 rules are kept but admit nothing (sandboxes have no IPv6 path): stricter than
+        // asked, never looser. The SDK's `allow_internet=True` sends `::/0` beside `0.0.0.0/0`.
         let ip = r.host.split('/').next().unwrap_or_default();
         match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V6(_)) => {
-                return Err(ApiError::invalid(
-                    format!("egress.allow[{i}].host"),
-                    "IPv6 destinations are not reachable from sandboxes on this node",
-                ))
-            }
             Err(_) if !sandboxd_egress::domains_enforced() => {
                 return Err(ApiError::invalid(
                     format!("egress.allow[{i}].host"),
