@@ -524,6 +524,7 @@ fn domain_rules_admit_only_their_names() {
             ("other.test", a2),
             ("a.wild.test", a3),
             ("wild.test", a3),
+            ("host.test", inet.ip(1)),
         ],
     );
     inet.http(SocketAddr::new(a2.into(), 80));
@@ -619,6 +620,18 @@ fn domain_rules_admit_only_their_names() {
     let nid = sb["id"].as_str().unwrap();
     assert!(get_with_host(&d, nid, "http://allowed.test/", None).is_some());
     assert!(!resolves(&d, nid, "a.wild.test"));
+
+    // A name that resolves to the host itself is still closed (the proxy dials from the host).
+    let (port, hits) = host_service();
+    let h = d.create(json!({"sandbox_template_id": "sb-debian-12-python",
+        "egress": {"mode": "allow_list", "allow": [{"host": "host.test", "ports": [port]}]}}));
+    let hid = h["id"].as_str().unwrap();
+    assert!(resolves(&d, hid, "host.test"));
+    assert_eq!(
+        get_with_host(&d, hid, &format!("http://host.test:{port}/"), None),
+        None
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     // After a daemon crash and restart (new resolver and proxy ports) the rules hold again.
     d.kill9();

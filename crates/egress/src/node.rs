@@ -241,6 +241,7 @@ impl Node {
         if always_denied(ip)
             || entry.subnet.contains(ip)
             || !self.ceiling.iter().any(|c| c.contains(ip))
+            || host_or_sandbox(ip)
         {
             return Err(format!("{ip} is closed to sandboxes"));
         }
@@ -508,6 +509,46 @@ fn sni(h: &[u8]) -> Sniff {
     }
 }
 
+/// Whether `ip` is one of this host's own addresses or inside the subnet of a sandbox veth
+/// (any daemon's): the proxy dials from the host, where the forward chain does not apply, so
+/// it must refuse these itself.
+fn host_or_sandbox(ip: Ipv4Addr) -> bool {
+    let mut found = false;
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we only read and then free with
+    // freeifaddrs; every pointer is checked for null before it is dereferenced.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) != 0 {
+            return true; // fail closed
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
+                continue;
+            }
+            let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            let a = u32::from_be(addr.sin_addr.s_addr);
+            if a == u32::from(ip) {
+                found = true;
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes();
+            if name.starts_with(b"s-") && !ifa.ifa_netmask.is_null() {
+                let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                let mask = u32::from_be(m.sin_addr.s_addr);
+                if a & mask == u32::from(ip) & mask {
+                    found = true;
+                    break;
+                }
+            }
+        }
+        libc::freeifaddrs(ifap);
+    }
+    found
+}
+
 /// Where the sandbox dialled, before the redirect (`SO_ORIGINAL_DST`).
 fn original_dst(conn: &TcpStream) -> Option<SocketAddrV4> {
     use std::os::fd::AsRawFd;
@@ -536,6 +577,12 @@ fn original_dst(conn: &TcpStream) -> Option<SocketAddrV4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_addresses_are_closed() {
+        assert!(host_or_sandbox(Ipv4Addr::LOCALHOST));
+        assert!(!host_or_sandbox(Ipv4Addr::new(198, 51, 100, 77)));
+    }
 
     #[test]
     fn http_host() {
