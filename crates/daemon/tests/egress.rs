@@ -419,6 +419,19 @@ fn policy_survives_snapshot_restore_and_fork() {
     fetch_ok(&d, rid, &ok);
     assert_eq!(fetch(&d, rid, &blocked), None, "and the deny");
 
+    // A fork carries it too.
+    let f = call(
+        &d.key,
+        "POST",
+        &format!("{root}/{id}/fork"),
+        Some(json!({"name": "forked"})),
+    );
+    assert!(f.status == 200 || f.status == 201, "{}", f.raw);
+    let fid = f.body["id"].as_str().unwrap();
+    assert_eq!(f.body["egress"]["allow"][0]["host"], a2.to_string());
+    fetch_ok(&d, fid, &ok);
+    assert_eq!(fetch(&d, fid, &blocked), None);
+
     // A restore can override it.
     let r = call(
         &d.key,
