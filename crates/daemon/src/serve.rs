@@ -271,9 +271,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     {
         let e = engine.clone();
         tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            let mut tick: u32 = 0;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 e.reconcile_egress().await;
+                tick = tick.wrapping_add(1);
+                if tick % 20 == 0 {
+                    // Denied packets, logged at most once per 10 s per sandbox.
+                    e.log_egress_denials(&mut seen).await;
+                }
             }
         });
     }

@@ -381,6 +381,13 @@ fn deny_all_ip_rules_runtime_update_and_isolation() {
     );
     assert_eq!(r.status, 400, "{}", r.raw);
     assert_eq!(r.body["field"], "egress.allow[0].host", "{}", r.raw);
+
+    // Denials reach the daemon log, at most once per 10 s per sandbox.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !d.log().contains("egress packets denied by policy") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -359,6 +359,38 @@ pub fn remove(short: &str, sandbox_ip: Option<Ipv4Addr>) {
     }
 }
 
+/// Every sandbox's denied-packet counter in the table, by short id (one `nft` call).
+pub fn denied_all() -> std::collections::HashMap<String, u64> {
+    let Ok(out) = Command::new("nft")
+        .args(["list", "counters", "table", "inet", "sandboxd"])
+        .output()
+    else {
+        return Default::default();
+    };
+    parse_counters(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_counters(text: &str) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("counter ") {
+            current = rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.strip_prefix("eg-"))
+                .and_then(|n| n.strip_suffix("-denied"))
+                .map(str::to_string);
+        } else if let (Some(short), Some(rest)) = (&current, line.strip_prefix("packets ")) {
+            if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                out.insert(short.clone(), n);
+            }
+            current = None;
+        }
+    }
+    out
+}
+
 /// Packets the sandbox sent that its policy dropped (0 if it has no chain).
 pub fn denied_total(short: &str) -> u64 {
     let Ok(out) = Command::new("nft")
@@ -445,6 +477,14 @@ mod tests {
         );
         assert!(b.contains("tcp dport { 80, 443 } redirect to :3128"), "{b}");
         assert!(b.contains("egi-0123456789ab tcp dport 3128 accept"), "{b}");
+    }
+
+    #[test]
+    fn counters_parse() {
+        let t = "table inet sandboxd {\n\tcounter eg-0123456789ab-denied {\n\t\tpackets 7 bytes 420\n\t}\n\tcounter other {\n\t\tpackets 1 bytes 2\n\t}\n}\n";
+        let m = parse_counters(t);
+        assert_eq!(m.get("0123456789ab"), Some(&7));
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

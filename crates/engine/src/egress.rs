@@ -146,6 +146,32 @@ impl Engine {
         );
     }
 
+    /// Logs, per sandbox of this daemon, how many packets its policy dropped since the last
+    /// call (one line per sandbox per call; call it every few seconds: that is the rate
+    /// limit). `seen` carries the previous counts.
+    pub async fn log_egress_denials(&self, seen: &mut std::collections::HashMap<String, u64>) {
+        let Ok(now) = tokio::task::spawn_blocking(sandboxd_egress::nft::denied_all).await else {
+            return;
+        };
+        let Ok(all) = self.meta.all_sandboxes() else {
+            return;
+        };
+        for sb in all {
+            let short: String = sb
+                .id
+                .to_string()
+                .chars()
+                .filter(|c| *c != '-')
+                .take(12)
+                .collect();
+            let Some(&n) = now.get(&short) else { continue };
+            let before = seen.insert(short, n).unwrap_or(0);
+            if n > before {
+                warn!(sandbox_id = %sb.id, denied = n - before, denied_total = n, "egress packets denied by policy");
+            }
+        }
+    }
+
     /// Packets sandbox `id` sent that its egress policy dropped (nftables counter).
     pub fn egress_denied_total(&self, id: SandboxId) -> u64 {
         self.runtime.egress_denied(&id.to_string())
