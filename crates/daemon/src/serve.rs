@@ -276,8 +276,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 e.reconcile_egress().await;
-                tick = tick.wrapping_add(1);
-                if tick % 20 == 0 {
+                tick += 1;
+                if tick == 20 {
+                    tick = 0;
                     // Denied packets, logged at most once per 10 s per sandbox.
                     e.log_egress_denials(&mut seen).await;
                 }
