@@ -150,6 +150,9 @@ def _start_daemon() -> Daemon:
         "--no-template-build",
         "--subnet-octet", SUBNET_OCTET,
         "--reclaim-subnet",
+        # Sandboxes of the SDK suite reach nothing but a test range no host answers on, even
+        # with the Leap0 default policy (allow-all).
+        "--egress-ceiling", f"198.18.{SUBNET_OCTET}.0/24",
     ]
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")

@@ -51,6 +51,9 @@ pub struct Snapshot {
     /// The source sandbox's network policy, reused by restores that do not override it.
     #[serde(default)]
     pub network_policy: Option<serde_json::Value>,
+    /// The source sandbox's NeevCloud `egress`, reused by restores and forks.
+    #[serde(default)]
+    pub egress: Option<serde_json::Value>,
 }
 
 /// Snapshot names: `^[a-z0-9-]{1,40}$`.

@@ -71,6 +71,29 @@ pub struct ServeArgs {
     /// How often the snapshot scheduler checks `snapshot_mode: automatic` sandboxes, in seconds.
     #[arg(long, env = "SANDBOXD_SNAPSHOT_SCHEDULE_SECS", default_value_t = 10)]
     pub snapshot_schedule_secs: u64,
+    /// Destinations any sandbox of this node may ever reach, comma-separated IPv4 CIDRs; every
+    /// egress policy (allow-all included) is clamped to them.
+    #[arg(long, env = "SANDBOXD_EGRESS_CEILING", default_value = "0.0.0.0/0", value_parser = parse_ceiling)]
+    pub egress_ceiling: Ceiling,
+    /// Upstream DNS resolver (`ip` or `ip:port`) for the node's egress resolver. Given, the
+    /// node runs the resolver and the SNI/Host proxy that enforce domain rules; absent,
+    /// domain rules are refused.
+    #[arg(long, env = "SANDBOXD_EGRESS_DNS_UPSTREAM")]
+    pub egress_dns_upstream: Option<String>,
+    /// Port of the egress resolver on the host (0 = any free port).
+    #[arg(long, env = "SANDBOXD_EGRESS_DNS_PORT", default_value_t = 0)]
+    pub egress_dns_port: u16,
+    /// Port of the egress proxy on the host (0 = any free port).
+    #[arg(long, env = "SANDBOXD_EGRESS_PROXY_PORT", default_value_t = 0)]
+    pub egress_proxy_port: u16,
+    /// PEM bundle the egress proxy verifies upstream servers against when it applies
+    /// transforms.
+    #[arg(
+        long,
+        env = "SANDBOXD_EGRESS_UPSTREAM_CA",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub egress_upstream_ca: PathBuf,
     /// Do not build missing templates at start.
     #[arg(long)]
     pub no_template_build: bool,
@@ -88,6 +111,24 @@ pub struct ServeArgs {
     /// Allow --prometheus-listen on a non-loopback address (the endpoint has no auth).
     #[arg(long)]
     pub prometheus_public: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ceiling(pub Vec<sandboxd_egress::Net4>);
+
+fn parse_ceiling(s: &str) -> Result<Ceiling, String> {
+    let mut out = Vec::new();
+    for c in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let (a, l) = c.split_once('/').unwrap_or((c, "32"));
+        let ip: std::net::Ipv4Addr = a.parse().map_err(|_| format!("{c}: not an IPv4 CIDR"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{c}: bad prefix length"))?;
+        out.push(sandboxd_egress::Net4::new(ip, len));
+    }
+    Ok(Ceiling(out))
 }
 
 fn physical_memory_mib() -> u64 {
@@ -173,12 +214,58 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     sandboxd_runtime::netns::install_host_firewall().context("install host firewall")?;
     sandboxd_runtime::reaper::start().context("become the subreaper of sandbox processes")?;
+    let secrets = Arc::new(
+        sandboxd_egress::secrets::SecretStore::open(&data_dir)
+            .context("open the egress secret store")?,
+    );
+    let egress_node = match &a.egress_dns_upstream {
+        Some(u) => {
+            let up: SocketAddr = u
+                .parse()
+                .or_else(|_| {
+                    u.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .with_context(|| format!("--egress-dns-upstream {u}"))?;
+            let tls = match (
+                sandboxd_egress::tls::Ca::load_or_create(&data_dir),
+                sandboxd_egress::tls::client_config(&a.egress_upstream_ca),
+            ) {
+                (Ok(ca), Ok(client)) => {
+                    let store = secrets.clone();
+                    Some(sandboxd_egress::node::NodeTls {
+                        ca: Arc::new(ca),
+                        client,
+                        secrets: Arc::new(move |id: &str| store.open_secret(id)),
+                    })
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "egress transforms are off: no CA or upstream trust");
+                    None
+                }
+            };
+            Some(
+                sandboxd_egress::Node::start(
+                    up,
+                    a.egress_ceiling.0.clone(),
+                    a.egress_dns_port,
+                    a.egress_proxy_port,
+                    tls,
+                )
+                .await
+                .context("start the egress resolver and proxy")?,
+            )
+        }
+        None => None,
+    };
     let runtime = Arc::new(Gvisor::new(GvisorConfig {
         data_dir: data_dir.clone(),
         agent_binary: std::fs::canonicalize(agent)?,
         runsc: a.runsc,
         platform: "systrap".into(),
         checkpoint_compression: a.checkpoint_compression.clone(),
+        egress_ceiling: a.egress_ceiling.0.clone(),
+        egress_node,
     })?);
     let templates_dir = a
         .templates_dir
@@ -196,12 +283,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }),
         ..EngineConfig::default()
     };
-    let engine = Arc::new(Engine::new(
-        cfg,
-        meta,
-        runtime,
-        Templates::new(std::fs::canonicalize(&templates_dir)?),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            cfg,
+            meta,
+            runtime,
+            Templates::new(std::fs::canonicalize(&templates_dir)?),
+        )
+        .with_egress_secrets(secrets),
+    );
     engine
         .reconcile()
         .await
@@ -215,7 +305,25 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .map(|s| s.id.to_string())
         .collect();
     sandboxd_runtime::netns::claim_subnet(a.subnet_octet, &own, a.reclaim_subnet)?;
+    engine.reapply_egress().await;
     tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
+    {
+        let e = engine.clone();
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            let mut tick: u32 = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                e.reconcile_egress().await;
+                tick += 1;
+                if tick == 20 {
+                    tick = 0;
+                    // Denied packets, logged at most once per 10 s per sandbox.
+                    e.log_egress_denials(&mut seen).await;
+                }
+            }
+        });
+    }
     tokio::spawn(
         engine
             .clone()

@@ -6,6 +6,7 @@
 
 pub mod agent_client;
 mod audit;
+pub mod egress;
 pub mod files;
 pub mod keys;
 mod lifetime;
@@ -27,6 +28,7 @@ use thiserror::Error;
 
 pub use agent_client::AgentError;
 pub use audit::{program_of, AuditPage, AuditRecord};
+pub use egress::EgressUpdate;
 pub use lifetime::Retry;
 pub use observe::{Lifecycle, Observed};
 pub use sandboxes::{CreateSandbox, TimeoutUpdate};
@@ -95,6 +97,8 @@ pub struct Engine {
     audit: audit::AuditLog,
     snapshot_locks: SnapshotLocks,
     lifecycle: observe::LifecycleCounts,
+    /// Where transform secrets are sealed; records keep only references.
+    egress_secrets: Option<Arc<sandboxd_egress::secrets::SecretStore>>,
 }
 
 /// Restores of a snapshot hold it shared; deleting it waits for them.
@@ -152,7 +156,17 @@ impl Engine {
             audit: audit::AuditLog::default(),
             snapshot_locks: SnapshotLocks::default(),
             lifecycle: observe::LifecycleCounts::default(),
+            egress_secrets: None,
         }
+    }
+
+    /// Seals transform secrets in `store` before any record holds them.
+    pub fn with_egress_secrets(
+        mut self,
+        store: Arc<sandboxd_egress::secrets::SecretStore>,
+    ) -> Self {
+        self.egress_secrets = Some(store);
+        self
     }
 
     pub fn meta(&self) -> &dyn MetaStore {

@@ -182,8 +182,9 @@ impl Engine {
         &self,
         principal: &Principal,
         tenant: &Tenant,
-        req: CreateSandbox,
+        mut req: CreateSandbox,
     ) -> Result<Sandbox, EngineError> {
+        self.seal_policy(&mut req.network_policy)?;
         if let Some(r) = &req.region {
             if r != &self.cfg.region {
                 return Err(CoreError::invalid(
@@ -232,6 +233,9 @@ impl Engine {
                 sb.state = SandboxState::Running;
                 sb.lifetime.restart(Utc::now());
                 self.save(&mut sb)?;
+                if let Ok(p) = crate::egress::policy_of(&sb) {
+                    self.audit_egress(&sb, "egress.set", &p, true, started);
+                }
                 info!(ms = started.elapsed().as_millis() as u64, "sandbox running");
                 Ok(sb)
             }
@@ -264,6 +268,7 @@ impl Engine {
             env,
             resources: sb.resources,
             net,
+            egress: crate::egress::policy_of(sb)?,
         })
     }
 

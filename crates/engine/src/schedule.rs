@@ -225,6 +225,7 @@ mod tests {
             updated_at: t0,
             expires_at: None,
             network_policy: None,
+            egress: None,
         };
         assert_eq!(byte_hours(&s, t0), 0.0);
         assert_eq!(

@@ -115,6 +115,7 @@ impl Engine {
             updated_at: now,
             expires_at: req.retain_for.map(|d| now + d),
             network_policy: sb.network_policy.clone(),
+            egress: sb.egress.clone(),
         };
         self.meta.insert_snapshot(&snap)?;
         snap.status = SnapshotStatus::Running;
@@ -230,7 +231,7 @@ impl Engine {
             state: SandboxState::Starting,
             status_message: None,
             net: None,
-            egress: None,
+            egress: snap.egress.clone(),
             created_by: Some(principal.key_id.clone()),
             created_at: now,
             updated_at: now,
@@ -262,6 +263,9 @@ impl Engine {
                 sb.state = SandboxState::Running;
                 self.save(&mut sb)?;
                 info!(sandbox_id = %sb.id, ms = started.elapsed().as_millis() as u64, memory = snap.include_memory, "restored as new sandbox");
+                if let Ok(p) = crate::egress::policy_of(&sb) {
+                    self.audit_egress(&sb, "egress.set", &p, true, started);
+                }
                 Ok(sb)
             }
             Err(e) => {

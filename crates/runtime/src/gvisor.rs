@@ -33,6 +33,10 @@ pub struct GvisorConfig {
     /// `runsc checkpoint --compression`: `none` (default: on this host compression costs ~1.8 s
     /// per 256 MiB for a 1.7 % smaller image of random memory) or `flate-best-speed`.
     pub checkpoint_compression: String,
+    /// Destinations any sandbox of this node may ever reach (`0.0.0.0/0` = no ceiling).
+    pub egress_ceiling: Vec<sandboxd_egress::Net4>,
+    /// The node's DNS resolver and egress proxy (domain rules), if it runs them.
+    pub egress_node: Option<std::sync::Arc<sandboxd_egress::Node>>,
 }
 
 pub struct Gvisor {
@@ -115,6 +119,30 @@ impl Gvisor {
         Ok((cmd, ns))
     }
 
+    fn apply_egress(
+        &self,
+        short: &str,
+        net: NetSlot,
+        policy: &sandboxd_egress::Policy,
+    ) -> Result<(), RuntimeError> {
+        let subnet = sandboxd_egress::Net4::new(net.host_ip(), 16);
+        if let Some(n) = &self.cfg.egress_node {
+            n.register(net.sandbox_ip(), short, policy, subnet);
+        }
+        let at = sandboxd_egress::nft::Attach {
+            short,
+            sandbox_ip: net.sandbox_ip(),
+            subnet,
+            node: self
+                .cfg
+                .egress_node
+                .as_ref()
+                .map(|n| (n.dns_port, n.proxy_port)),
+        };
+        sandboxd_egress::nft::apply(at, policy, &self.cfg.egress_ceiling)?;
+        Ok(())
+    }
+
     fn runsc_run(&self, what: &str, short: &str, args: &[&str]) -> Result<String, RuntimeError> {
         let (mut cmd, _ns) = self.runsc(short)?;
         cmd.args(args);
@@ -158,6 +186,20 @@ impl Gvisor {
             serde_json::to_vec_pretty(&config).expect("json"),
         )
         .map_err(RuntimeError::io("write OCI config"))?;
+        // The sandbox's DNS is the host side of its veth (redirected to the node's resolver).
+        let etc = rootfs.join("etc");
+        if etc.is_dir() {
+            let _ = std::fs::remove_file(etc.join("resolv.conf"));
+            std::fs::write(
+                etc.join("resolv.conf"),
+                format!("nameserver {}\n", spec.net.host_ip()),
+            )
+            .map_err(RuntimeError::io("write resolv.conf"))?;
+        }
+        // The node CA that signs what the egress proxy presents for transformed names.
+        if let Some(pem) = self.cfg.egress_node.as_ref().and_then(|n| n.ca_pem()) {
+            install_ca(&rootfs, pem)?;
+        }
         Ok(())
     }
 
@@ -209,6 +251,32 @@ impl Gvisor {
     }
 }
 
+/// Adds `pem` to the sandbox's trust store (Debian layout; the bundle is created if the image
+/// has none). Written to the writable layer; idempotent.
+fn install_ca(rootfs: &Path, pem: &str) -> Result<(), RuntimeError> {
+    let local = rootfs.join("usr/local/share/ca-certificates");
+    if rootfs.join("usr").is_dir() {
+        std::fs::create_dir_all(&local).map_err(RuntimeError::io("create ca dir"))?;
+        std::fs::write(local.join("sandboxd-egress.crt"), pem)
+            .map_err(RuntimeError::io("write CA"))?;
+    }
+    let certs = rootfs.join("etc/ssl/certs");
+    if !certs.is_dir() {
+        std::fs::create_dir_all(&certs).map_err(RuntimeError::io("create cert dir"))?;
+    }
+    let bundle = certs.join("ca-certificates.crt");
+    let current = std::fs::read_to_string(&bundle).unwrap_or_default();
+    if !current.contains(pem.trim()) {
+        let mut all = current;
+        if !all.is_empty() && !all.ends_with('\n') {
+            all.push('\n');
+        }
+        all.push_str(pem);
+        std::fs::write(&bundle, all).map_err(RuntimeError::io("write CA bundle"))?;
+    }
+    Ok(())
+}
+
 impl Runtime for Gvisor {
     fn name(&self) -> &'static str {
         "gvisor"
@@ -231,6 +299,7 @@ impl Runtime for Gvisor {
                 debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "rootfs mounted");
                 netns::create(&short, spec.net)
             })
+            .and_then(|()| self.apply_egress(&short, spec.net, &spec.egress))
             .and_then(|()| {
                 debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "netns ready");
                 self.start_container(spec, &short, &layout)
@@ -243,7 +312,7 @@ impl Runtime for Gvisor {
         result
     }
 
-    fn destroy(&self, id: &str, _net: Option<NetSlot>) -> Result<(), RuntimeError> {
+    fn destroy(&self, id: &str, net: Option<NetSlot>) -> Result<(), RuntimeError> {
         let short = short_of(id);
         let layout = self.layout(id);
         if netns::exists(&short) {
@@ -264,6 +333,10 @@ impl Runtime for Gvisor {
             let _ = run("runsc delete", &mut cmd, None);
         }
         overlay::unmount_rootfs(&layout)?;
+        sandboxd_egress::nft::remove(&short, net.map(NetSlot::sandbox_ip));
+        if let (Some(n), Some(net)) = (&self.cfg.egress_node, net) {
+            n.unregister(net.sandbox_ip());
+        }
         netns::destroy(&short)?;
         cgroup::remove(&oci::cgroup_path(&short));
         self.volume.delete(id)?;
@@ -374,6 +447,7 @@ impl Runtime for Gvisor {
             let _ = self.runsc_run("runsc delete", &short, &["delete", "--force", &spec.id]);
             netns::readdress(&short, spec.net)?;
         }
+        self.apply_egress(&short, spec.net, &spec.egress)?;
         self.write_bundle(spec, &short, &layout)?;
         self.launch(spec, &short, &layout, image_dir)
     }
@@ -391,6 +465,7 @@ impl Runtime for Gvisor {
             .clone_layer(layer_src, &spec.id, spec.resources.disk_bytes())
             .and_then(|()| overlay::mount_rootfs(&layout, &spec.template_rootfs))
             .and_then(|()| netns::create(&short, spec.net))
+            .and_then(|()| self.apply_egress(&short, spec.net, &spec.egress))
             .and_then(|()| self.write_bundle(spec, &short, &layout))
             .and_then(|()| self.launch(spec, &short, &layout, image_dir));
         if let Err(e) = &result {
@@ -435,6 +510,25 @@ impl Runtime for Gvisor {
             self.volume.close()?;
         }
         Ok(())
+    }
+
+    fn set_egress(
+        &self,
+        id: &str,
+        net: NetSlot,
+        policy: &sandboxd_egress::Policy,
+    ) -> Result<(), RuntimeError> {
+        self.apply_egress(&short_of(id), net, policy)
+    }
+
+    fn egress_denied(&self, id: &str) -> u64 {
+        let short = short_of(id);
+        sandboxd_egress::nft::denied_total(&short)
+            + self
+                .cfg
+                .egress_node
+                .as_ref()
+                .map_or(0, |n| n.denied(&short))
     }
 
     fn alive(&self, id: &str) -> bool {

@@ -39,6 +39,15 @@ pub enum RuntimeError {
     NotReady(String),
 }
 
+impl From<sandboxd_egress::PolicyError> for RuntimeError {
+    fn from(e: sandboxd_egress::PolicyError) -> Self {
+        RuntimeError::Command {
+            what: "egress policy".into(),
+            detail: e.0,
+        }
+    }
+}
+
 impl RuntimeError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
         let what = what.into();
@@ -57,6 +66,8 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     pub resources: Resources,
     pub net: NetSlot,
+    /// What the sandbox may reach; enforced at the host side of its veth before it starts.
+    pub egress: sandboxd_egress::Policy,
 }
 
 /// Whether a sandbox's container is alive.
@@ -145,4 +156,13 @@ pub trait Runtime: Send + Sync {
     fn drop_layer(&self, layer: &Path) -> Result<(), RuntimeError>;
     /// Releases node-wide resources (the volume) if no sandbox uses them any more.
     fn close_if_idle(&self) -> Result<(), RuntimeError>;
+    /// Replaces a sandbox's egress policy in one transaction; the sandbox keeps running.
+    fn set_egress(
+        &self,
+        id: &str,
+        net: NetSlot,
+        policy: &sandboxd_egress::Policy,
+    ) -> Result<(), RuntimeError>;
+    /// Packets the sandbox sent that its egress policy dropped.
+    fn egress_denied(&self, id: &str) -> u64;
 }

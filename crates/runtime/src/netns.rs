@@ -100,32 +100,14 @@ pub(crate) fn counters(short: &str) -> (u64, u64) {
     (read("tx_bytes"), read("rx_bytes"))
 }
 
-/// The host-side firewall every sandbox sits behind: nothing a sandbox sends reaches the host
-/// or is forwarded anywhere, except replies on connections the host opened (the daemon talking
-/// to the agent). Installed atomically; re-running replaces it.
+/// The host-side firewall every sandbox sits behind (see `sandboxd_egress::nft`): nothing a
+/// sandbox sends reaches the host, another sandbox or anywhere else except what its own egress
+/// policy admits, and replies on connections the host opened (the daemon talking to the agent).
+/// Created if absent; re-running rewrites only the shared base chains, never another daemon's
+/// per-sandbox objects. Turns on IPv4 forwarding.
 pub fn install_host_firewall() -> Result<(), RuntimeError> {
-    let rules = "\
-table inet sandboxd
-delete table inet sandboxd
-table inet sandboxd {
-  chain input {
-    type filter hook input priority -10; policy accept;
-    iifname \"s-*\" ct state established,related accept
-    iifname \"s-*\" counter drop
-  }
-  chain forward {
-    type filter hook forward priority -10; policy accept;
-    iifname \"s-*\" counter drop
-    oifname \"s-*\" counter drop
-  }
-}
-";
-    run(
-        "nft (host firewall)",
-        Command::new("nft").args(["-f", "-"]),
-        Some(rules),
-    )
-    .map(|_| ())
+    sandboxd_egress::nft::install_base()?;
+    Ok(())
 }
 
 /// Puts the sandbox side's address and default route back: runsc moves them into gVisor's

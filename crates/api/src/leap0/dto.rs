@@ -322,23 +322,51 @@ pub fn network_policy(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
     Ok(Some(Value::Object(obj.clone())))
 }
 
-/// What the node really does with a sandbox's egress. This node has no egress path yet
-/// (sandboxes reach nothing outside), so only `deny-all` is what it says; the answer says so.
+/// What the node really does with a sandbox's egress. `allow-all`, `deny-all` and IPv4
+/// `allow_cidrs` are enforced (nftables at the host side of the sandbox's veth); domains,
+/// transforms and IPv6 CIDRs are not yet, and the answer says so.
 pub fn enforcement(policy: Option<&Value>) -> Value {
     let asked = policy
         .and_then(|p| p.get("mode"))
         .and_then(Value::as_str)
         .unwrap_or("allow-all");
-    let enforced = asked == "deny-all";
-    let mut v =
-        json!({"requested_mode": asked, "effective_mode": "deny-all", "enforced": enforced});
+    let non_empty = |k: &str| {
+        policy
+            .and_then(|p| p.get(k))
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    let v6 = policy
+        .and_then(|p| p.get("allow_cidrs"))
+        .and_then(Value::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .any(|c| c.as_str().is_some_and(|c| c.contains(':')))
+        });
+    let domains_ok = sandboxd_egress::domains_enforced() || !non_empty("allow_domains");
+    let transforms_ok = sandboxd_egress::transforms_enforced() || !non_empty("transforms");
+    let enforced = transforms_ok && (asked != "custom" || (domains_ok && !v6));
+    let mut v = json!({"requested_mode": asked, "effective_mode": asked, "enforced": enforced});
     if !enforced {
-        v["note"] = json!(NOT_ENFORCED);
+        let mut missing = Vec::new();
+        if !domains_ok && asked == "custom" {
+            missing.push("allow_domains");
+        }
+        if !transforms_ok {
+            missing.push("transforms");
+        }
+        if v6 && asked == "custom" {
+            missing.push("IPv6 allow_cidrs");
+        }
+        v["note"] = json!(format!(
+            "not enforced on this node: {}; connections they would admit are refused (the rest of the policy is enforced)",
+            missing.join(", ")
+        ));
     }
     v
 }
 
-pub const NOT_ENFORCED: &str = "egress is not available on this node yet: the sandbox has no outbound network (deny-all) whatever the policy; the policy is stored and will be enforced once egress lands";
+pub const NOT_ENFORCED: &str = "part of this network policy is not enforced on this node (see network_policy_enforcement.note): connections it would admit are refused";
 
 /// Whether a request's explicit policy is one the node does not honour as written.
 pub fn policy_not_honoured(policy: Option<&Value>) -> bool {
@@ -525,12 +553,22 @@ mod tests {
 
     #[test]
     fn enforcement_is_honest() {
-        assert_eq!(enforcement(None)["enforced"], false);
+        assert_eq!(enforcement(None)["enforced"], true);
+        assert_eq!(enforcement(None)["effective_mode"], "allow-all");
         assert_eq!(
             enforcement(Some(&json!({"mode": "deny-all"})))["enforced"],
             true
         );
-        assert!(policy_not_honoured(Some(&json!({"mode": "custom"}))));
+        let cidrs = json!({"mode": "custom", "allow_cidrs": ["198.18.0.0/15"]});
+        assert!(!policy_not_honoured(Some(&cidrs)));
+        assert!(!policy_not_honoured(Some(&json!({"mode": "custom"}))));
+        for p in [
+            json!({"mode": "custom", "allow_domains": ["example.com"]}),
+            json!({"mode": "custom", "allow_cidrs": ["2001:db8::/32"]}),
+            json!({"mode": "custom", "transforms": [{"domain": "example.com"}]}),
+        ] {
+            assert!(policy_not_honoured(Some(&p)), "{p}");
+        }
         assert!(!policy_not_honoured(None));
     }
 

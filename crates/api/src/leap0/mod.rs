@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use sandboxd_core::{Lifetime, Principal, Sandbox, SandboxId, Tenant};
 use sandboxd_engine::CreateSandbox;
@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{sb}/resume"), post(resume))
         .route(&format!("{sb}/stop"), post(stop))
         .route(&format!("{sb}/start"), post(start))
+        .route(&format!("{sb}/network-policy"), put(set_network_policy))
         .route(&format!("{sb}/system/user-home-dir"), get(home_dir))
         .route(&format!("{sb}/system/workdir"), get(workdir))
         .merge(snapshots::routes())
@@ -130,7 +131,9 @@ async fn create(State(st): State<AppState>, headers: HeaderMap, body: Body) -> L
     let resources = dto::resources(&req)?;
     let env = dto::env(&req)?;
     let timeout = dto::timeout_secs(req.timeout, req.timeout_min)?;
-    let policy = dto::network_policy(req.network_policy.as_ref())?;
+    // Leap0's documented default is allow-all; it is stored so the record says what runs.
+    let policy = dto::network_policy(req.network_policy.as_ref())?
+        .or_else(|| Some(json!({"mode": "allow-all"})));
     if req.mounts.as_ref().is_some_and(|m| !m.is_empty()) {
         return Err(ApiError::invalid(
             "mounts",
@@ -193,6 +196,29 @@ async fn delete(
     let (_, t) = caller(&st, &headers)?;
     st.engine.delete_sandbox(&t, sandbox_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT /v1/sandbox/{id}/network-policy` (sandboxd's addition; Leap0 has no update route):
+/// replaces the policy of a running sandbox at once, without a restart.
+async fn set_network_policy(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> L0Result {
+    let (_, t) = caller(&st, &headers)?;
+    let v: Value = read_json(body, false).await?;
+    let policy = dto::network_policy(Some(&v))?
+        .ok_or_else(|| ApiError::invalid("network_policy", "is required"))?;
+    let sb = st
+        .engine
+        .update_egress(
+            &t,
+            sandbox_id(&id)?,
+            sandboxd_engine::EgressUpdate::Leap0(policy.clone()),
+        )
+        .await?;
+    Ok(with_policy_warning(view(&sb), Some(&policy)))
 }
 
 async fn pause(State(st): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> L0Result {

@@ -88,13 +88,17 @@ async fn restore(
         .engine
         .restore_as_new(&p, &t, snap.id, generated_name())
         .await?;
-    let keep_policy = policy.is_none();
+    if let Some(p) = &policy {
+        st.engine
+            .update_egress(&t, sb.id, sandboxd_engine::EgressUpdate::Leap0(p.clone()))
+            .await?;
+    }
     let sb = st.engine.set_lifetime(
         &t,
         sb.id,
         Some(timeout),
         req.auto_pause.unwrap_or(false),
-        (!keep_policy).then(|| policy.clone()),
+        None,
     )?;
     Ok(with_policy_warning(
         (StatusCode::CREATED, Json(dto::sandbox_view(&sb))).into_response(),

@@ -48,8 +48,7 @@ pub enum Protocol {
 pub struct EgressRuleIn {
     pub host: String,
     pub ports: Option<Vec<i64>>,
-    /// Parsed (so a bad value is a 400) and enforced by the egress engine.
-    #[allow(dead_code)]
+    /// Enforced by the egress engine; absent = TCP and UDP.
     pub protocol: Option<Protocol>,
 }
 
@@ -175,12 +174,15 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
-/// Validates the egress object and returns its normalised JSON. Allow lists are refused until
-/// the egress engine enforces them: a policy we cannot enforce is never silently accepted.
+/// Validates the egress object and returns its normalised JSON, which the egress engine
+/// enforces. IPv4 IP/CIDR rules are enforced in nftables (IPv6 ones admit nothing: a sandbox
+/// has no IPv6 path); domain rules need the egress proxy and are refused where it is not
+/// available.
 pub fn egress(e: Option<&EgressIn>) -> Result<Option<Value>, ApiError> {
     let Some(e) = e else { return Ok(None) };
     let mode = e.mode.unwrap_or(EgressMode::DenyAll);
     let rules = e.allow.as_deref().unwrap_or_default();
+    let mut out = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         if !valid_host(&r.host) {
             return Err(ApiError::invalid(
@@ -188,6 +190,19 @@ pub fn egress(e: Option<&EgressIn>) -> Result<Option<Value>, ApiError> {
                 "must be an IP address, a CIDR block or a domain name",
             ));
         }
+        // IPv6 rules are kept but admit nothing (sandboxes have no IPv6 path): stricter than
+        // asked, never looser. The SDK's `allow_internet=True` sends `::/0` beside `0.0.0.0/0`.
+        let ip = r.host.split('/').next().unwrap_or_default();
+        match ip.parse::<std::net::IpAddr>() {
+            Err(_) if !sandboxd_egress::domains_enforced() => {
+                return Err(ApiError::invalid(
+                    format!("egress.allow[{i}].host"),
+                    "domain rules are not enforced on this node yet; give an IP address or a CIDR block",
+                ))
+            }
+            _ => {}
+        }
+        let mut ports = Vec::new();
         for p in r.ports.as_deref().unwrap_or_default() {
             if !(1..=65535).contains(p) {
                 return Err(ApiError::invalid(
@@ -195,23 +210,41 @@ pub fn egress(e: Option<&EgressIn>) -> Result<Option<Value>, ApiError> {
                     "ports must be between 1 and 65535",
                 ));
             }
+            if !ports.contains(p) {
+                ports.push(*p);
+            }
         }
+        let mut rule = json!({"host": r.host});
+        if !ports.is_empty() {
+            rule["ports"] = json!(ports);
+        }
+        if let Some(p) = r.protocol {
+            rule["protocol"] = json!(match p {
+                Protocol::Tcp => "TCP",
+                Protocol::Udp => "UDP",
+            });
+        }
+        out.push(rule);
     }
-    if mode == EgressMode::DenyAll && (!rules.is_empty() || e.allow_internet == Some(true)) {
+    if out.len() > 100 {
+        return Err(ApiError::invalid(
+            "egress.allow",
+            "must have at most 100 rules",
+        ));
+    }
+    let allow_internet = e.allow_internet.unwrap_or(false);
+    if mode == EgressMode::DenyAll && (!rules.is_empty() || allow_internet) {
         return Err(ApiError::invalid(
             "egress.mode",
             "deny_all takes no allow rules; use allow_list",
         ));
     }
-    if mode == EgressMode::AllowList {
-        return Err(ApiError::invalid(
-            "egress.mode",
-            "allow_list is not enforced on this node yet; only deny_all is available",
-        ));
-    }
-    Ok(Some(
-        json!({"mode": "deny_all", "allow_internet": false, "allow": []}),
-    ))
+    Ok(Some(match mode {
+        EgressMode::DenyAll => json!({"mode": "deny_all", "allow_internet": false, "allow": []}),
+        EgressMode::AllowList => {
+            json!({"mode": "allow_list", "allow_internet": allow_internet, "allow": out})
+        }
+    }))
 }
 
 pub fn name(n: Option<&str>) -> Result<String, ApiError> {

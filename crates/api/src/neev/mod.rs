@@ -46,6 +46,10 @@ pub fn routes() -> Router<AppState> {
             put(set_timeout),
         )
         .route(&format!("{P}/sandboxes/{{sandbox_id}}/audit"), get(audit))
+        .route(
+            &format!("{P}/sandboxes/{{sandbox_id}}/egress"),
+            put(set_egress),
+        )
         .merge(snapshots::routes())
         .merge(metrics::routes())
         .route("/api/v1beta1/sandbox-templates", get(templates))
@@ -213,7 +217,18 @@ async fn create(
                     "must match the snapshot's sizing (omit it to reuse it)",
                 ));
             }
-            let mut resp = match st.engine.restore_as_new(&p, &t, sid, name).await {
+            let restored = async {
+                let mut sb = st.engine.restore_as_new(&p, &t, sid, name).await?;
+                if let Some(e) = egress.clone() {
+                    sb = st
+                        .engine
+                        .update_egress(&t, sb.id, sandboxd_engine::EgressUpdate::Neev(e))
+                        .await?;
+                }
+                Ok::<_, sandboxd_engine::EngineError>(sb)
+            }
+            .await;
+            let mut resp = match restored {
                 Ok(sb) => {
                     (StatusCode::CREATED, Json(sandbox_view(&sb, &st.public_url))).into_response()
                 }
@@ -366,6 +381,26 @@ async fn set_timeout(
             on_idle: req.on_idle,
         },
     )?;
+    Ok(Json(sandbox_view(&sb, &st.public_url)))
+}
+
+/// `PUT .../sandboxes/{id}/egress`: replaces the egress policy of a running sandbox, at
+/// once and without a restart.
+async fn set_egress(
+    State(st): State<AppState>,
+    s: InSandbox,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: dto::EgressIn = read_json(body, false).await?;
+    let policy = dto::egress(Some(&req))?.unwrap_or_else(|| json!({"mode": "deny_all"}));
+    let sb = st
+        .engine
+        .update_egress(
+            &s.tenant,
+            s.sandbox.id,
+            sandboxd_engine::EgressUpdate::Neev(policy),
+        )
+        .await?;
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 

@@ -113,7 +113,14 @@ impl Daemon {
             .arg("--no-template-build")
             // Test runs own their octets: veths an interrupted earlier run left behind go.
             .arg("--reclaim-subnet")
-            .args(&self.extra)
+            // Test sandboxes may reach only the addresses of this daemon's test namespaces
+            // (tests/egress.rs builds its "internet" in 198.18.<octet>.0/24).
+            .arg(format!("--egress-ceiling=198.18.{}.0/24", self.octet))
+            .args(
+                self.extra
+                    .iter()
+                    .map(|a| a.replace("{octet}", &self.octet.to_string())),
+            )
             .env("SANDBOXD_LOG", "info")
             .env_remove("SANDBOXD_ADMIN_KEY")
             .env_remove("SANDBOXD_FAULT")

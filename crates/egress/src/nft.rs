@@ -1,0 +1,502 @@
+//! Enforcement in nftables, in the table `inet sandboxd` every daemon on the host shares.
+//!
+//! Base chains (idempotent, never delete another daemon's objects):
+//! * `input`: a sandbox reaches the host only with replies to connections the host opened,
+//!   plus what its per-sandbox input verdict (`egress_in`) admits (the platform's own paths);
+//! * `forward`: nothing between sandboxes, replies back into a sandbox, and the sandbox's own
+//!   chain `eg-<short>` (through the `egress_fwd` verdict map keyed by its host veth) for the
+//!   rest; anything else from or to a sandbox veth is dropped;
+//! * `postrouting`: masquerade for sandbox addresses in `egress_masq` leaving by a non-sandbox
+//!   interface.
+//!
+//! Per sandbox: the chain `eg-<short>`, its sets `eg-<short>-a` (any protocol) and
+//! `eg-<short>-p` (address . protocol . port), the counter `eg-<short>-denied`, and its elements
+//! in the shared maps. A policy change is one `nft -f` transaction.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::policy::{Net4, Policy, Proto, ALWAYS_DENIED};
+use crate::PolicyError;
+
+pub const TABLE: &str = "inet sandboxd";
+
+fn nft(batch: &str) -> Result<(), PolicyError> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| PolicyError(format!("spawn nft: {e}")))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(batch.as_bytes())
+            .map_err(|e| PolicyError(format!("write to nft: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| PolicyError(format!("wait for nft: {e}")))?;
+    if !out.status.success() {
+        return Err(PolicyError(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The base of the table, created if absent; re-running only rewrites the base chains' rules.
+pub fn base_batch() -> String {
+    format!(
+        "add table {TABLE}\n\
+         add map {TABLE} egress_fwd {{ type ifname : verdict; }}\n\
+         add map {TABLE} egress_in {{ type ifname : verdict; }}\n\
+         add map {TABLE} egress_nat {{ type ifname : verdict; }}\n\
+         add set {TABLE} egress_masq {{ type ipv4_addr; }}\n\
+         add chain {TABLE} input {{ type filter hook input priority -10; policy accept; }}\n\
+         add chain {TABLE} forward {{ type filter hook forward priority -10; policy accept; }}\n\
+         add chain {TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
+         add chain {TABLE} prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
+         flush chain {TABLE} prerouting\n\
+         add rule {TABLE} prerouting iifname \"s-*\" iifname vmap @egress_nat\n\
+         flush chain {TABLE} input\n\
+         add rule {TABLE} input iifname \"s-*\" ct state established,related accept\n\
+         add rule {TABLE} input iifname \"s-*\" iifname vmap @egress_in\n\
+         add rule {TABLE} input iifname \"s-*\" counter drop\n\
+         flush chain {TABLE} forward\n\
+         add rule {TABLE} forward iifname \"s-*\" oifname \"s-*\" counter drop\n\
+         add rule {TABLE} forward oifname \"s-*\" ct state established,related accept\n\
+         add rule {TABLE} forward oifname \"s-*\" counter drop\n\
+         add rule {TABLE} forward iifname \"s-*\" iifname vmap @egress_fwd\n\
+         add rule {TABLE} forward iifname \"s-*\" counter drop\n\
+         flush chain {TABLE} postrouting\n\
+         add rule {TABLE} postrouting ip saddr @egress_masq oifname != \"s-*\" masquerade\n"
+    )
+}
+
+/// Installs the base chains and turns on IPv4 forwarding (the `forward` chain drops whatever
+/// a sandbox's policy does not admit).
+pub fn install_base() -> Result<(), PolicyError> {
+    nft(&base_batch())?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| PolicyError(format!("enable ip_forward: {e}")))
+}
+
+/// Whether the base is there (a daemon of an older version deletes and recreates the whole
+/// table at its start; then the caller re-installs the base and every sandbox's policy).
+pub fn base_present() -> bool {
+    Command::new("nft")
+        .args(["list", "map", "inet", "sandboxd", "egress_fwd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Where one sandbox sits.
+#[derive(Debug, Clone, Copy)]
+pub struct Attach<'a> {
+    /// The 12-hex-char short id its host objects carry.
+    pub short: &'a str,
+    pub sandbox_ip: Ipv4Addr,
+    /// The node's sandbox subnet (10.<octet>.0.0/16).
+    pub subnet: Net4,
+    /// The node's resolver and proxy ports, if it serves domain rules.
+    pub node: Option<(u16, u16)>,
+}
+
+/// The transaction that (re)installs a sandbox's policy, clamped to `ceiling` (the
+/// destinations this node lets any sandbox reach; `0.0.0.0/0` = no ceiling).
+pub fn sandbox_batch(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> String {
+    let s = at.short;
+    let chain = format!("eg-{s}");
+    let any = format!("eg-{s}-a");
+    let ports = format!("eg-{s}-p");
+    let ctr = format!("eg-{s}-denied");
+    let mut b = String::new();
+    let _ = writeln!(b, "add table {TABLE}");
+    let _ = writeln!(b, "add chain {TABLE} {chain}");
+    let _ = writeln!(b, "flush chain {TABLE} {chain}");
+    let _ = writeln!(
+        b,
+        "add set {TABLE} {any} {{ type ipv4_addr; flags interval; }}"
+    );
+    let _ = writeln!(b, "flush set {TABLE} {any}");
+    let _ = writeln!(
+        b,
+        "add set {TABLE} {ports} {{ type ipv4_addr . inet_proto . inet_service; flags interval; }}"
+    );
+    let _ = writeln!(b, "flush set {TABLE} {ports}");
+    let _ = writeln!(b, "add counter {TABLE} {ctr}");
+    let (any_elems, port_elems) = elements(policy, ceiling);
+    if !any_elems.is_empty() {
+        let _ = writeln!(
+            b,
+            "add element {TABLE} {any} {{ {} }}",
+            any_elems.join(", ")
+        );
+    }
+    if !port_elems.is_empty() {
+        let _ = writeln!(
+            b,
+            "add element {TABLE} {ports} {{ {} }}",
+            port_elems.join(", ")
+        );
+    }
+    let closed: Vec<String> = ALWAYS_DENIED
+        .iter()
+        .map(|c| c.to_string())
+        .chain([at.subnet.to_string()])
+        .collect();
+    let _ = writeln!(
+        b,
+        "add rule {TABLE} {chain} ip daddr {{ {} }} counter name \"{ctr}\" drop",
+        closed.join(", ")
+    );
+    let _ = writeln!(b, "add rule {TABLE} {chain} ip daddr @{any} accept");
+    let _ = writeln!(
+        b,
+        "add rule {TABLE} {chain} ip daddr . meta l4proto . th dport @{ports} accept"
+    );
+    let _ = writeln!(
+        b,
+        "add rule {TABLE} {chain} limit rate 10/minute burst 5 packets log prefix \"sandboxd egress deny s-{s}: \" level info"
+    );
+    let _ = writeln!(b, "add rule {TABLE} {chain} counter name \"{ctr}\" drop");
+    let _ = writeln!(
+        b,
+        "add element {TABLE} egress_fwd {{ \"s-{s}\" : jump {chain} }}"
+    );
+    let _ = writeln!(b, "add element {TABLE} egress_masq {{ {} }}", at.sandbox_ip);
+    if let Some((dns, proxy)) = at.node {
+        // DNS goes to the node's resolver whatever address the sandbox asks; TCP to the ports
+        // of domain rules that no IP rule admits goes to the proxy.
+        let nat = format!("egn-{s}");
+        let input = format!("egi-{s}");
+        for c in [&nat, &input] {
+            let _ = writeln!(b, "add chain {TABLE} {c}");
+            let _ = writeln!(b, "flush chain {TABLE} {c}");
+        }
+        let _ = writeln!(b, "add rule {TABLE} {nat} udp dport 53 redirect to :{dns}");
+        if !policy.transforms.is_empty() {
+            // Transformed names may sit behind addresses IP rules admit: 80/443 all go through
+            // the proxy, which splices what it does not transform.
+            let _ = writeln!(
+                b,
+                "add rule {TABLE} {nat} tcp dport {{ 80, 443 }} redirect to :{proxy}"
+            );
+        }
+        let _ = writeln!(b, "add rule {TABLE} {nat} ip daddr @{any} return");
+        let _ = writeln!(
+            b,
+            "add rule {TABLE} {nat} ip daddr . meta l4proto . th dport @{ports} return"
+        );
+        let mut dports: Vec<u16> = Vec::new();
+        for d in &policy.domains {
+            let ps: &[u16] = if d.ports.is_empty() {
+                &[80, 443]
+            } else {
+                &d.ports
+            };
+            for p in ps {
+                if !dports.contains(p) {
+                    dports.push(*p);
+                }
+            }
+        }
+        if !dports.is_empty() {
+            let list: Vec<String> = dports.iter().map(u16::to_string).collect();
+            let _ = writeln!(
+                b,
+                "add rule {TABLE} {nat} tcp dport {{ {} }} redirect to :{proxy}",
+                list.join(", ")
+            );
+        }
+        let _ = writeln!(b, "add rule {TABLE} {input} udp dport {dns} accept");
+        if !dports.is_empty() || !policy.transforms.is_empty() {
+            let _ = writeln!(b, "add rule {TABLE} {input} tcp dport {proxy} accept");
+        }
+        let _ = writeln!(
+            b,
+            "add element {TABLE} egress_nat {{ \"s-{s}\" : jump {nat} }}"
+        );
+        let _ = writeln!(
+            b,
+            "add element {TABLE} egress_in {{ \"s-{s}\" : jump {input} }}"
+        );
+    }
+    b
+}
+
+/// The set elements of a policy: (any-protocol networks, `net . proto . port` triples).
+fn elements(policy: &Policy, ceiling: &[Net4]) -> (Vec<String>, Vec<String>) {
+    let mut any = Vec::new();
+    let mut triples: Vec<(Net4, &'static str, u16, u16)> = Vec::new();
+    for r in &policy.cidrs {
+        for net in clamp(r.net, ceiling) {
+            if r.proto == Proto::Any && r.ports.is_empty() {
+                any.push(net);
+                continue;
+            }
+            let protos: &[&'static str] = match r.proto {
+                Proto::Tcp => &["tcp"],
+                Proto::Udp => &["udp"],
+                Proto::Any => &["tcp", "udp"],
+            };
+            for p in protos {
+                if r.ports.is_empty() {
+                    triples.push((net, *p, 0, 65535));
+                } else {
+                    for port in &r.ports {
+                        triples.push((net, *p, *port, *port));
+                    }
+                }
+            }
+        }
+    }
+    // Interval sets refuse overlapping elements; keep the widest of nested networks.
+    (
+        dedup_nets(any).iter().map(Net4::to_string).collect(),
+        dedup_triples(triples)
+            .iter()
+            .map(|(n, p, lo, hi)| {
+                if lo == hi {
+                    format!("{n} . {p} . {lo}")
+                } else {
+                    format!("{n} . {p} . {lo}-{hi}")
+                }
+            })
+            .collect(),
+    )
+}
+
+/// `net` ∩ each ceiling network (CIDRs either nest or are disjoint).
+pub fn clamp(net: Net4, ceiling: &[Net4]) -> Vec<Net4> {
+    let mut out = Vec::new();
+    for c in ceiling {
+        if c.len <= net.len && c.contains(net.addr) {
+            out.push(net);
+        } else if net.len <= c.len && net.contains(c.addr) {
+            out.push(*c);
+        }
+    }
+    out
+}
+
+fn dedup_nets(mut nets: Vec<Net4>) -> Vec<Net4> {
+    nets.sort_by_key(|n| n.len);
+    let mut out: Vec<Net4> = Vec::new();
+    for n in nets {
+        if !out.iter().any(|o| o.len <= n.len && o.contains(n.addr)) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+type Triple = (Net4, &'static str, u16, u16);
+
+/// Drops every triple another one covers (nested network, same protocol, wider ports).
+fn dedup_triples(mut v: Vec<Triple>) -> Vec<Triple> {
+    v.sort_by_key(|t| (t.0.len, u32::MAX - u32::from(t.3 - t.2)));
+    let mut out: Vec<Triple> = Vec::new();
+    for t in v {
+        let covered = out.iter().any(|o| {
+            o.0.len <= t.0.len && o.0.contains(t.0.addr) && o.1 == t.1 && o.2 <= t.2 && t.3 <= o.3
+        });
+        if !covered {
+            out.push(t);
+        }
+    }
+    out.sort_by_key(|t| (u32::from(t.0.addr), t.0.len, t.1, t.2));
+    out
+}
+
+/// Installs (or atomically replaces) a sandbox's policy.
+pub fn apply(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Result<(), PolicyError> {
+    let batch = sandbox_batch(at, policy, ceiling);
+    let mut last = None;
+    // A daemon of an older version may recreate the table under us (its base has no maps);
+    // put the base back and try again.
+    for _ in 0..3 {
+        match nft(&batch) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                last = Some(e);
+                install_base()?;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| PolicyError("nft failed".into())))
+}
+
+/// Removes a sandbox's objects; whatever is already gone is skipped.
+pub fn remove(short: &str, sandbox_ip: Option<Ipv4Addr>) {
+    let mut steps = vec![format!(
+        "delete element {TABLE} egress_fwd {{ \"s-{short}\" }}"
+    )];
+    for m in ["egress_in", "egress_nat"] {
+        steps.push(format!("delete element {TABLE} {m} {{ \"s-{short}\" }}"));
+    }
+    if let Some(ip) = sandbox_ip {
+        steps.push(format!("delete element {TABLE} egress_masq {{ {ip} }}"));
+    }
+    for c in [
+        format!("eg-{short}"),
+        format!("egi-{short}"),
+        format!("egn-{short}"),
+    ] {
+        steps.push(format!("flush chain {TABLE} {c}\ndelete chain {TABLE} {c}"));
+    }
+    for s in [format!("eg-{short}-a"), format!("eg-{short}-p")] {
+        steps.push(format!("delete set {TABLE} {s}"));
+    }
+    steps.push(format!("delete counter {TABLE} eg-{short}-denied"));
+    for s in steps {
+        let _ = nft(&s);
+    }
+}
+
+/// Every sandbox's denied-packet counter in the table, by short id (one `nft` call).
+pub fn denied_all() -> std::collections::HashMap<String, u64> {
+    let Ok(out) = Command::new("nft")
+        .args(["list", "counters", "table", "inet", "sandboxd"])
+        .output()
+    else {
+        return Default::default();
+    };
+    parse_counters(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_counters(text: &str) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("counter ") {
+            current = rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.strip_prefix("eg-"))
+                .and_then(|n| n.strip_suffix("-denied"))
+                .map(str::to_string);
+        } else if let (Some(short), Some(rest)) = (&current, line.strip_prefix("packets ")) {
+            if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                out.insert(short.clone(), n);
+            }
+            current = None;
+        }
+    }
+    out
+}
+
+/// Packets the sandbox sent that its policy dropped (0 if it has no chain).
+pub fn denied_total(short: &str) -> u64 {
+    let Ok(out) = Command::new("nft")
+        .args([
+            "list",
+            "counter",
+            "inet",
+            "sandboxd",
+            &format!("eg-{short}-denied"),
+        ])
+        .output()
+    else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at() -> Attach<'static> {
+        Attach {
+            short: "0123456789ab",
+            sandbox_ip: "10.120.0.2".parse().unwrap(),
+            subnet: Net4::new("10.120.0.0".parse().unwrap(), 16),
+            node: None,
+        }
+    }
+
+    fn all() -> Vec<Net4> {
+        vec![Net4::new(Ipv4Addr::UNSPECIFIED, 0)]
+    }
+
+    #[test]
+    fn deny_all_has_no_elements_and_ends_in_a_counted_drop() {
+        let b = sandbox_batch(at(), &Policy::deny_all(), &all());
+        assert!(!b.contains("add element inet sandboxd eg-0123456789ab-"));
+        assert!(b.contains("169.254.0.0/16"));
+        assert!(b.contains("10.120.0.0/16"));
+        assert!(b.lines().any(
+            |l| l.ends_with("counter name \"eg-0123456789ab-denied\" drop") && !l.contains("daddr")
+        ));
+        assert!(b.contains("egress_fwd { \"s-0123456789ab\" : jump eg-0123456789ab }"));
+    }
+
+    #[test]
+    fn rules_render_into_sets() {
+        let p = Policy::from_neev(Some(&json!({"mode": "allow_list", "allow": [
+            {"host": "198.18.0.2", "ports": [80, 443], "protocol": "TCP"},
+            {"host": "198.18.1.0/24"},
+            {"host": "198.18.1.7"},
+            {"host": "198.18.2.0/24", "ports": [53]},
+        ]})))
+        .unwrap();
+        let b = sandbox_batch(at(), &p, &all());
+        assert!(b.contains("eg-0123456789ab-a { 198.18.1.0/24 }"), "{b}");
+        assert!(b.contains(
+            "198.18.0.2/32 . tcp . 80, 198.18.0.2/32 . tcp . 443, 198.18.2.0/24 . tcp . 53, 198.18.2.0/24 . udp . 53"
+        ), "{b}");
+    }
+
+    #[test]
+    fn domain_rules_redirect_to_the_proxy() {
+        let p = Policy::from_leap0(&json!({"mode": "custom", "allow_domains": ["example.com"]}))
+            .unwrap();
+        let b = sandbox_batch(
+            Attach {
+                node: Some((5353, 3128)),
+                ..at()
+            },
+            &p,
+            &all(),
+        );
+        assert!(
+            b.contains("egn-0123456789ab udp dport 53 redirect to :5353"),
+            "{b}"
+        );
+        assert!(b.contains("tcp dport { 80, 443 } redirect to :3128"), "{b}");
+        assert!(b.contains("egi-0123456789ab tcp dport 3128 accept"), "{b}");
+    }
+
+    #[test]
+    fn counters_parse() {
+        let t = "table inet sandboxd {\n\tcounter eg-0123456789ab-denied {\n\t\tpackets 7 bytes 420\n\t}\n\tcounter other {\n\t\tpackets 1 bytes 2\n\t}\n}\n";
+        let m = parse_counters(t);
+        assert_eq!(m.get("0123456789ab"), Some(&7));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn ceiling_clamps() {
+        let ceiling = vec![Net4::new("198.18.0.0".parse().unwrap(), 15)];
+        let b = sandbox_batch(at(), &Policy::allow_all(), &ceiling);
+        assert!(b.contains("eg-0123456789ab-a { 198.18.0.0/15 }"), "{b}");
+        let p = Policy::from_neev(Some(
+            &json!({"mode": "allow_list", "allow": [{"host": "192.0.2.0/24"}]}),
+        ))
+        .unwrap();
+        let b = sandbox_batch(at(), &p, &ceiling);
+        assert!(!b.contains("add element inet sandboxd eg-0123456789ab-a"));
+    }
+}
