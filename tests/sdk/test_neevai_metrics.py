@@ -26,6 +26,7 @@ CATALOGUE = {
     "phase": "state",
     "restarts": "count",
     "oom_kills": "count",
+    "egress_denied_total": "count",
 }
 
 

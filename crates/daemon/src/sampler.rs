@@ -32,6 +32,7 @@ fn reading(u: &sandboxd_runtime::Usage) -> HostReading {
         net_rx_bytes: u.net_rx_bytes,
         net_tx_bytes: u.net_tx_bytes,
         cgroup_oom_kills: u.oom_kills,
+        egress_denied: 0,
     }
 }
 
@@ -70,6 +71,16 @@ impl Sampler {
             .observed_sandboxes()
             .map_err(|e| anyhow::anyhow!("list sandboxes: {e}"))?;
         let mut rows = Vec::with_capacity(observed.len());
+        let running: Vec<_> = observed
+            .iter()
+            .filter(|o| o.state.expects_container())
+            .map(|o| o.id)
+            .collect();
+        let denied: HashMap<_, _> = running
+            .iter()
+            .copied()
+            .zip(self.engine.egress_denied_many(&running))
+            .collect();
         for o in &observed {
             let id = o.id.to_string();
             let store = &self.hub.store;
@@ -80,7 +91,10 @@ impl Sampler {
                 )
             });
             let host = if o.state.expects_container() {
-                self.engine.host_usage(o.id).ok().map(|u| reading(&u))
+                self.engine.host_usage(o.id).ok().map(|u| HostReading {
+                    egress_denied: denied.get(&o.id).copied().unwrap_or(0),
+                    ..reading(&u)
+                })
             } else {
                 None
             };

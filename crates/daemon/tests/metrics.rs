@@ -187,6 +187,23 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
     assert_eq!(max_of(&points(&v, "restarts")), 0.0);
     assert_eq!(max_of(&points(&v, "oom_kills")), 0.0);
 
+    // NeevCloud's default egress is deny-all: a connection attempt is dropped at the host and
+    // counted. The address is in this daemon's test range (its egress ceiling); nothing is there.
+    let target = format!("198.18.{}.9", d.octet);
+    let v = wait_for(&d, id, 3, "egress denials", |v| {
+        let _ = d.exec(
+            id,
+            "python3",
+            &[
+                "-c",
+                "import sys, socket\ntry: socket.create_connection((sys.argv[1], 80), timeout=1)\nexcept OSError: pass",
+                &target,
+            ],
+        );
+        max_of(&points(v, "egress_denied_total")) > 0.0
+    });
+    assert!(max_of(&points(&v, "egress_denied_total")) > 0.0, "{v}");
+
     // Pause and resume: the phase series shows Paused (4) then Ready (1), restarts counts 1.
     let base = format!("{}/{id}", d.sandboxes_url("default", "default"));
     let r = call(
@@ -337,6 +354,7 @@ fn metrics_requests_are_validated_scoped_and_clamped() {
         "phase",
         "restarts",
         "oom_kills",
+        "egress_denied_total",
     ] {
         assert!(keys.contains(&k), "{k} missing: {keys:?}");
     }

@@ -174,6 +174,12 @@ impl Engine {
     }
 
     /// Packets sandbox `id` sent that its egress policy dropped (nftables counter).
+    /// [`Engine::egress_denied_total`] of many sandboxes, read in one pass.
+    pub fn egress_denied_many(&self, ids: &[SandboxId]) -> Vec<u64> {
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        self.runtime.egress_denied_many(&ids)
+    }
+
     pub fn egress_denied_total(&self, id: SandboxId) -> u64 {
         self.runtime.egress_denied(&id.to_string())
     }

@@ -24,6 +24,7 @@ pub enum Metric {
     Phase,
     Restarts,
     OomKills,
+    EgressDeniedTotal,
 }
 
 /// One row of samples, indexed by `Metric as usize`; `None` where the metric had no value
@@ -31,7 +32,7 @@ pub enum Metric {
 pub type Sample = [Option<f64>; Metric::COUNT];
 
 impl Metric {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [Metric; Metric::COUNT] = [
         Metric::CpuUsageCores,
         Metric::MemoryUsageBytes,
@@ -44,6 +45,7 @@ impl Metric {
         Metric::Phase,
         Metric::Restarts,
         Metric::OomKills,
+        Metric::EgressDeniedTotal,
     ];
 
     /// The stable key (also the store's column name).
@@ -60,6 +62,7 @@ impl Metric {
             Metric::Phase => "phase",
             Metric::Restarts => "restarts",
             Metric::OomKills => "oom_kills",
+            Metric::EgressDeniedTotal => "egress_denied_total",
         }
     }
 
@@ -72,7 +75,9 @@ impl Metric {
             | Metric::DiskLimitBytes
             | Metric::NetworkRxBytes
             | Metric::NetworkTxBytes => "bytes",
-            Metric::Pids | Metric::Restarts | Metric::OomKills => "count",
+            Metric::Pids | Metric::Restarts | Metric::OomKills | Metric::EgressDeniedTotal => {
+                "count"
+            }
             Metric::Phase => "state",
         }
     }

@@ -20,6 +20,8 @@ pub struct HostReading {
     pub net_tx_bytes: u64,
     /// OOM kills in its current cgroup.
     pub cgroup_oom_kills: u64,
+    /// Connections and packets its egress policy refused (firewall drops + proxy refusals).
+    pub egress_denied: u64,
 }
 
 /// Per-sandbox state between samples.
@@ -76,6 +78,7 @@ impl Tracker {
         s[Metric::Pids as usize] = Some(h.pids as f64);
         s[Metric::NetworkRxBytes as usize] = Some(h.net_rx_bytes as f64);
         s[Metric::NetworkTxBytes as usize] = Some(h.net_tx_bytes as f64);
+        s[Metric::EgressDeniedTotal as usize] = Some(h.egress_denied as f64);
         s
     }
 }

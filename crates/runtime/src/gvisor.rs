@@ -531,6 +531,22 @@ impl Runtime for Gvisor {
                 .map_or(0, |n| n.denied(&short))
     }
 
+    fn egress_denied_many(&self, ids: &[String]) -> Vec<u64> {
+        // One `nft` call for the whole table instead of one per sandbox.
+        let counters = sandboxd_egress::nft::denied_all();
+        ids.iter()
+            .map(|id| {
+                let short = short_of(id);
+                counters.get(&short).copied().unwrap_or(0)
+                    + self
+                        .cfg
+                        .egress_node
+                        .as_ref()
+                        .map_or(0, |n| n.denied(&short))
+            })
+            .collect()
+    }
+
     fn alive(&self, id: &str) -> bool {
         cgroup::pids(&oci::cgroup_path(&short_of(id))) > 0
     }

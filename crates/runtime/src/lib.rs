@@ -165,4 +165,8 @@ pub trait Runtime: Send + Sync {
     ) -> Result<(), RuntimeError>;
     /// Packets the sandbox sent that its egress policy dropped.
     fn egress_denied(&self, id: &str) -> u64;
+    /// [`Runtime::egress_denied`] of many sandboxes at once (the metrics sampler's pass).
+    fn egress_denied_many(&self, ids: &[String]) -> Vec<u64> {
+        ids.iter().map(|id| self.egress_denied(id)).collect()
+    }
 }
