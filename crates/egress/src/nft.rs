@@ -334,29 +334,70 @@ pub fn apply(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Result<(), Po
 
 /// Removes a sandbox's objects; whatever is already gone is skipped.
 pub fn remove(short: &str, sandbox_ip: Option<Ipv4Addr>) {
-    let mut steps = vec![format!(
-        "delete element {TABLE} egress_fwd {{ \"s-{short}\" }}"
-    )];
-    for m in ["egress_in", "egress_nat"] {
-        steps.push(format!("delete element {TABLE} {m} {{ \"s-{short}\" }}"));
+    let listing = Command::new("nft")
+        .args(["list", "table", "inet", "sandboxd"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let steps = removal_steps(short, sandbox_ip, &listing);
+    if steps.is_empty() {
+        return;
+    }
+    // One transaction for what the listing shows; if the table changed in between and the
+    // batch fails (whole, changing nothing), each step on its own.
+    if nft(&steps.join("\n")).is_ok() {
+        return;
+    }
+    for s in steps {
+        let _ = nft(&s);
+    }
+}
+
+/// The body of the top-level `header {` block of an `nft list table` listing.
+fn block<'a>(listing: &'a str, header: &str) -> Option<&'a str> {
+    let start = listing.find(&format!("\t{header} {{\n"))?;
+    let rest = &listing[start..];
+    Some(&rest[..rest.find("\n\t}").unwrap_or(rest.len())])
+}
+
+/// The `nft` commands that remove what `listing` shows of sandbox `short`, in dependency order
+/// (map elements that jump to its chains first).
+fn removal_steps(short: &str, sandbox_ip: Option<Ipv4Addr>, listing: &str) -> Vec<String> {
+    let mut steps = Vec::new();
+    let veth = format!("\"s-{short}\"");
+    for m in ["egress_fwd", "egress_in", "egress_nat"] {
+        if block(listing, &format!("map {m}")).is_some_and(|b| b.contains(&veth)) {
+            steps.push(format!("delete element {TABLE} {m} {{ {veth} }}"));
+        }
     }
     if let Some(ip) = sandbox_ip {
-        steps.push(format!("delete element {TABLE} egress_masq {{ {ip} }}"));
+        let ip = ip.to_string();
+        let listed = block(listing, "set egress_masq").is_some_and(|b| {
+            b.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .any(|w| w == ip)
+        });
+        if listed {
+            steps.push(format!("delete element {TABLE} egress_masq {{ {ip} }}"));
+        }
     }
     for c in [
         format!("eg-{short}"),
         format!("egi-{short}"),
         format!("egn-{short}"),
     ] {
-        steps.push(format!("flush chain {TABLE} {c}\ndelete chain {TABLE} {c}"));
+        if block(listing, &format!("chain {c}")).is_some() {
+            steps.push(format!("flush chain {TABLE} {c}\ndelete chain {TABLE} {c}"));
+        }
     }
     for s in [format!("eg-{short}-a"), format!("eg-{short}-p")] {
-        steps.push(format!("delete set {TABLE} {s}"));
+        if block(listing, &format!("set {s}")).is_some() {
+            steps.push(format!("delete set {TABLE} {s}"));
+        }
     }
-    steps.push(format!("delete counter {TABLE} eg-{short}-denied"));
-    for s in steps {
-        let _ = nft(&s);
+    if block(listing, &format!("counter eg-{short}-denied")).is_some() {
+        steps.push(format!("delete counter {TABLE} eg-{short}-denied"));
     }
+    steps
 }
 
 /// Every sandbox's denied-packet counter in the table, by short id (one `nft` call).
@@ -416,6 +457,23 @@ pub fn denied_total(short: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removal_deletes_only_what_the_table_holds() {
+        let listing = "table inet sandboxd {\n\tcounter eg-aaaaaaaaaaaa-denied {\n\t\tpackets 0 bytes 0\n\t}\n\n\tmap egress_fwd {\n\t\ttype ifname : verdict\n\t\telements = { \"s-aaaaaaaaaaaa\" : jump eg-aaaaaaaaaaaa, \"s-bbbbbbbbbbbb\" : jump eg-bbbbbbbbbbbb }\n\t}\n\n\tmap egress_in {\n\t\ttype ifname : verdict\n\t}\n\n\tset egress_masq {\n\t\ttype ipv4_addr\n\t\telements = { 10.97.0.22 }\n\t}\n\n\tset eg-aaaaaaaaaaaa-a {\n\t\ttype ipv4_addr\n\t}\n\n\tchain eg-aaaaaaaaaaaa {\n\t\tdrop\n\t}\n}\n";
+        let steps = removal_steps("aaaaaaaaaaaa", Some("10.97.0.2".parse().unwrap()), listing);
+        assert_eq!(
+            steps,
+            [
+                "delete element inet sandboxd egress_fwd { \"s-aaaaaaaaaaaa\" }",
+                "flush chain inet sandboxd eg-aaaaaaaaaaaa\ndelete chain inet sandboxd eg-aaaaaaaaaaaa",
+                "delete set inet sandboxd eg-aaaaaaaaaaaa-a",
+                "delete counter inet sandboxd eg-aaaaaaaaaaaa-denied",
+            ]
+        );
+        // 10.97.0.2 is not 10.97.0.22; a sandbox the table does not know needs nothing.
+        assert!(removal_steps("cccccccccccc", None, listing).is_empty());
+    }
     use serde_json::json;
 
     fn at() -> Attach<'static> {
