@@ -295,12 +295,13 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-fn measure(
+/// Starts the bench's own daemon and the raw runsc side, both owned by `ctx` for cleanup.
+fn start_both(
     a: &BenchArgs,
     ctx: &mut Ctx,
     template_dir: &Path,
     agent: &Path,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<()> {
     progress("starting the daemon");
     ctx.daemon = Some(Daemon::start(&DaemonOpts {
         data_dir: &ctx.work.join("daemon"),
@@ -310,6 +311,16 @@ fn measure(
         subnet_octet: a.subnet_octet,
     })?);
     ctx.raw = Some(Raw::new(&a.runsc, &ctx.work.join("raw"), template_dir)?);
+    Ok(())
+}
+
+fn measure(
+    a: &BenchArgs,
+    ctx: &mut Ctx,
+    template_dir: &Path,
+    agent: &Path,
+) -> anyhow::Result<Vec<Row>> {
+    start_both(a, ctx, template_dir, agent)?;
     let n = a.runs() as usize;
 
     // 1 + 3: create-to-first-exec and delete; sides alternate which goes first.

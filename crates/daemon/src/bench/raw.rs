@@ -176,21 +176,12 @@ impl Raw {
 
     /// `runsc exec <id> /bin/true x`.
     pub fn exec_true(&self, id: &str) -> anyhow::Result<Duration> {
-        let mut c = self.cmd();
-        c.args(["exec", id, "/bin/true", "x"]);
-        let t = Instant::now();
-        procs::run_quiet("runsc exec", &mut c, &self.errlog)?;
-        Ok(t.elapsed())
+        self.exec_argv(id, &["/bin/true", "x"])
     }
 
-    /// `runsc delete --force`.
+    /// `runsc delete --force`, and the container's bundle.
     pub fn delete(&mut self, id: &str) -> anyhow::Result<Duration> {
-        let mut c = self.cmd();
-        c.args(["delete", "--force", id]);
-        let t = Instant::now();
-        procs::run_quiet("runsc delete", &mut c, &self.errlog)?;
-        let took = t.elapsed();
-        self.live.remove(id);
+        let took = self.delete_keep_bundle(id)?;
         let _ = std::fs::remove_dir_all(self.dir.join(id));
         Ok(took)
     }

@@ -16,9 +16,9 @@ use anyhow::{bail, Context};
 use clap::ValueEnum;
 use serde_json::{json, Value};
 
-use super::daemon::{short_of, Daemon, DaemonOpts};
+use super::daemon::{short_of, Daemon};
 use super::procs::{self, check_interrupted};
-use super::raw::{self, Raw};
+use super::raw;
 use super::report::{self, summarize, Row, Target};
 use super::{ms, progress, BenchArgs, Ctx};
 
@@ -121,15 +121,7 @@ pub fn measure(
     template_dir: &Path,
     agent: &Path,
 ) -> anyhow::Result<Report> {
-    progress("starting the daemon");
-    ctx.daemon = Some(Daemon::start(&DaemonOpts {
-        data_dir: &ctx.work.join("daemon"),
-        templates_dir: &a.templates_dir,
-        agent_binary: agent,
-        runsc: &a.runsc,
-        subnet_octet: a.subnet_octet,
-    })?);
-    ctx.raw = Some(Raw::new(&a.runsc, &ctx.work.join("raw"), template_dir)?);
+    super::start_both(a, ctx, template_dir, agent)?;
     let n = a.runs() as usize;
     let work = ctx.work.clone();
     let hog = hog_script(a.memory_fill);
