@@ -36,6 +36,11 @@ pub struct Snapshot {
     pub error_message: Option<String>,
     /// Bytes of the captured layer plus the memory image.
     pub size_bytes: Option<u64>,
+    /// Bytes the snapshot added to storage: its memory image's chunks that the store did
+    /// not already hold (`None` until the image is stored); a layer, being a
+    /// copy-on-write snapshot, adds none when taken.
+    #[serde(default)]
+    pub added_bytes: Option<u64>,
     /// How long the sandbox was frozen for the capture.
     pub paused_ms: Option<u64>,
     /// What a restore needs to rebuild the sandbox the same way.

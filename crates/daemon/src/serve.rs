@@ -290,7 +290,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             runtime,
             Templates::new(std::fs::canonicalize(&templates_dir)?),
         )
-        .with_egress_secrets(secrets),
+        .with_egress_secrets(secrets)
+        .with_snapshot_store(Arc::new(
+            sandboxd_snapshot::LocalStore::open(data_dir.join("store"))
+                .context("open the snapshot store")?
+                // The archiver is the store's only writer and runs gc itself, between two
+                // archives: no put is ever in flight during a gc, so no grace is needed.
+                .with_gc_grace(Duration::ZERO),
+        )),
     );
     engine
         .reconcile()
@@ -329,6 +336,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .watch_lifetimes(Duration::from_millis(a.lifetime_check_ms.max(100))),
     );
+    tokio::spawn(engine.clone().archive_snapshots(Duration::from_secs(60)));
     tokio::spawn(
         engine
             .clone()

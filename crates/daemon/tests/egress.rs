@@ -838,6 +838,7 @@ fn transform_injects_a_secret_the_sandbox_never_holds() {
             SECRET,
             &format!("{dd}/images"),
             &format!("{dd}/vol"),
+            &format!("{dd}/store"),
             &format!("{dd}/meta.db"),
         ])
         .output()

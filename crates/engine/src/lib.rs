@@ -5,6 +5,7 @@
 //! processes and files.
 
 pub mod agent_client;
+mod archive;
 mod audit;
 pub mod egress;
 pub mod files;
@@ -99,6 +100,8 @@ pub struct Engine {
     lifecycle: observe::LifecycleCounts,
     /// Where transform secrets are sealed; records keep only references.
     egress_secrets: Option<Arc<sandboxd_egress::secrets::SecretStore>>,
+    /// Where memory images go once captured (none: they stay plain files).
+    archive: Option<archive::Archive>,
 }
 
 /// Restores of a snapshot hold it shared; deleting it waits for them.
@@ -157,6 +160,7 @@ impl Engine {
             snapshot_locks: SnapshotLocks::default(),
             lifecycle: observe::LifecycleCounts::default(),
             egress_secrets: None,
+            archive: None,
         }
     }
 

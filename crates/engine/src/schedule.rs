@@ -214,6 +214,7 @@ mod tests {
             include_memory: false,
             error_message: None,
             size_bytes: Some(1 << 30),
+            added_bytes: None,
             paused_ms: None,
             template_id: sb.template_id.clone(),
             image: sb.image.clone(),

@@ -35,7 +35,7 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
 }
 
 impl Engine {
-    fn capture_paths(&self, snap: Uuid) -> (PathBuf, PathBuf) {
+    pub(crate) fn capture_paths(&self, snap: Uuid) -> (PathBuf, PathBuf) {
         self.runtime.capture_paths(&format!("snap-{snap}"))
     }
 
@@ -104,6 +104,7 @@ impl Engine {
             include_memory: req.include_memory,
             error_message: None,
             size_bytes: None,
+            added_bytes: None,
             paused_ms: None,
             template_id: sb.template_id.clone(),
             image: sb.image.clone(),
@@ -145,9 +146,19 @@ impl Engine {
                             0
                         },
                 );
+                // The layer is a copy-on-write snapshot: taking it adds no bytes. A memory image
+                // adds what the store does not already hold, known once it is archived.
+                snap.added_bytes = match (snap.include_memory, self.archive.is_some()) {
+                    (false, _) => Some(0),
+                    (true, true) => None,
+                    (true, false) => Some(dir_bytes(&image)),
+                };
                 snap.status = SnapshotStatus::Ready;
                 self.meta.update_snapshot(&snap)?;
                 info!(snapshot_id = %snap.id, paused_ms = stats.paused_ms, checkpoint_ms = stats.checkpoint_ms, "snapshot ready");
+                if snap.include_memory {
+                    self.wake_archiver(false);
+                }
             }
             Err(e) => {
                 warn!(snapshot_id = %snap.id, error = %e, detail = ?e, "snapshot failed");
@@ -160,7 +171,7 @@ impl Engine {
         Ok(snap)
     }
 
-    async fn discard_capture(&self, snap: Uuid) {
+    pub(crate) async fn discard_capture(&self, snap: Uuid) {
         let (layer, image) = self.capture_paths(snap);
         let _ = std::fs::remove_dir_all(&image);
         let _ = self.blocking(move |rt| rt.drop_layer(&layer)).await;
@@ -175,6 +186,7 @@ impl Engine {
         };
         let _guard = self.snapshot_locks.write(snap.id).await;
         self.discard_capture(snap.id).await;
+        self.forget_stored(snap.id);
         let held = if snap.status == SnapshotStatus::Ready {
             crate::schedule::byte_hours(&snap, Utc::now())
         } else {
@@ -217,6 +229,12 @@ impl Engine {
             ))
         })?;
         self.admit(tenant, &snap.resources)?;
+        // Before anything is created: a damaged stored image fails here, changing nothing.
+        let image = if snap.include_memory {
+            Some(self.memory_image(&snap).await?)
+        } else {
+            None
+        };
         let now = Utc::now();
         let mut sb = Sandbox {
             id: SandboxId::new(),
@@ -247,8 +265,8 @@ impl Engine {
         fault::point("restore.recorded");
         let _busy = self.begin(sb.id)?;
         let spec = self.spec(&sb, template)?;
-        let (layer, image) = self.capture_paths(snap.id);
-        let image_arg = snap.include_memory.then_some(image);
+        let (layer, _) = self.capture_paths(snap.id);
+        let image_arg = image.as_ref().map(|i| i.path.clone());
         let started = Instant::now();
         let rspec = spec.clone();
         let mut result = self
@@ -373,6 +391,12 @@ impl Engine {
         }
         let _guard = self.snapshot_locks.read(snap.id).await;
         let _busy = self.begin(id)?;
+        // Before the sandbox is touched: a damaged stored image fails here, changing nothing.
+        let image = if snap.include_memory {
+            Some(self.memory_image(&snap).await?)
+        } else {
+            None
+        };
         let template = self
             .templates
             .lookup(&sb.template_id)
@@ -387,8 +411,8 @@ impl Engine {
             let _ = std::fs::remove_dir_all(img);
         }
         fault::point("rollback.recorded");
-        let (layer, image) = self.capture_paths(snap.id);
-        let image_arg = snap.include_memory.then_some(image);
+        let (layer, _) = self.capture_paths(snap.id);
+        let image_arg = image.as_ref().map(|i| i.path.clone());
         let rspec = spec.clone();
         let mut result = self
             .blocking(move |rt| rt.rollback(&rspec, &layer, image_arg.as_deref()))
@@ -452,6 +476,6 @@ impl Engine {
                 self.meta.update_snapshot(&snap)?;
             }
         }
-        Ok(())
+        self.reconcile_store().await
     }
 }

@@ -26,10 +26,16 @@
 //! blob is not rewritten (its mtime is refreshed instead, see *GC* below). Every read
 //! checks the blob's length and hash; a mismatch is [`StoreError::Corrupt`].
 //!
-//! **Chunking.** A regular file is cut into fixed-size chunks of [`CHUNK_SIZE`] (4 MiB);
-//! chunk `i` covers bytes `[i*4MiB, min((i+1)*4MiB, size))` and is one blob. A file of at
-//! most 4 MiB is therefore one blob; an empty file has no chunk. A file of `size` bytes
-//! has exactly `ceil(size / 4MiB)` chunks, which is checked on read.
+//! **Chunking.** Layer trees cut a regular file into fixed-size chunks of the tree's
+//! `chunk_size` `C` ([`CHUNK_SIZE`], 4 MiB, omitted when so; a power of two from 4 KiB to
+//! 4 MiB): chunk `i` covers bytes `[i*C, min((i+1)*C, size))` and is one blob, so a file of
+//! `size` bytes has exactly `ceil(size / C)` chunks, which is checked on read; an empty
+//! file has none. Memory trees (`"content_defined": true`) are cut by content with
+//! FastCDC (min [`CDC_MIN`] 16 KiB, average [`MEMORY_CHUNK_SIZE`] 64 KiB, max [`CDC_MAX`]
+//! 256 KiB): between two checkpoints of one sandbox `pages.img` changes in scattered pages
+//! and shifts by whole pages where allocations changed, and content-defined cuts find the
+//! unchanged runs again where fixed offsets would not. Each file entry of such a tree
+//! records its chunks' `lengths`, which must add up to its size.
 //!
 //! **Manifest.** `manifests/<id>.json` is one JSON object (UTF-8, at most
 //! [`MAX_MANIFEST_BYTES`] = 64 MiB, no unknown fields):
@@ -38,8 +44,8 @@
 //! { "magic": "SBXSNAP1", "format_version": 1,
 //!   "snapshot_id": "snap-1", "sandbox_id": "sb-1",
 //!   "created_at": "2025-01-01T00:00:00.000Z",
-//!   "layer":  { "kind": "layer",  "entries": [ ... ] },
-//!   "memory": { "kind": "memory", "entries": [ ... ] } | null,
+//!   "layer":  { "kind": "layer",  "entries": [ ... ] } | null,
+//!   "memory": { "kind": "memory", "chunk_size": 65536, "entries": [ ... ] } | null,
 //!   "metadata": <any JSON value>,
 //!   "checksum": "blake3:<hex>" }
 //! ```
@@ -53,7 +59,11 @@
 //! checksum mismatch, a `snapshot_id` that differs from the file name, and any invalid
 //! tree (below).
 //!
-//! **Trees.** A [`TreeRef`] is `{ "kind": "layer"|"memory", "entries": [Entry...] }`.
+//! `layer` is null (or absent) when the layer is kept outside the store, as sandboxd
+//! does: its layers are read-only btrfs subvolumes, copy-on-write at block level, and
+//! `metadata` names the subvolume.
+//!
+//! **Trees.** A [`TreeRef`] is `{ "kind": "layer"|"memory", "chunk_size"?, "entries": [Entry...] }`.
 //! Each [`Entry`] is
 //! `{ path, kind: "file"|"dir"|"symlink"|"whiteout", mode, uid, gid, mtime_ns, size,
 //! chunks?, target?, opaque? }` where `mode` is the permission bits (`& 0o7777`),
@@ -109,7 +119,10 @@ pub use local::LocalStore;
 pub use manifest::{
     validate_snapshot_id, Manifest, ManifestError, FORMAT_VERSION, MAGIC, MAX_MANIFEST_BYTES,
 };
-pub use tree::{Entry, EntryKind, TreeError, TreeKind, TreeRef, CHUNK_SIZE};
+pub use tree::{
+    Entry, EntryKind, TreeError, TreeKind, TreeRef, CDC_MAX, CDC_MIN, CHUNK_SIZE,
+    MEMORY_CHUNK_SIZE, MIN_CHUNK_SIZE,
+};
 
 /// Space accounting for one snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,7 +26,10 @@ pub struct Manifest {
     pub sandbox_id: String,
     /// RFC 3339.
     pub created_at: String,
-    pub layer: TreeRef,
+    /// The writable layer, when the store holds it (a sandbox whose layer is a
+    /// copy-on-write subvolume kept elsewhere records `None` and says where in `metadata`).
+    #[serde(default)]
+    pub layer: Option<TreeRef>,
     pub memory: Option<TreeRef>,
     /// Template id, resources, env names, hostname, ... Never secrets.
     pub metadata: Value,
@@ -93,7 +96,7 @@ impl Manifest {
     pub fn new(
         snapshot_id: impl Into<String>,
         sandbox_id: impl Into<String>,
-        layer: TreeRef,
+        layer: Option<TreeRef>,
         memory: Option<TreeRef>,
         metadata: Value,
     ) -> Self {
@@ -132,8 +135,9 @@ impl Manifest {
     /// `(hash, length)` of every chunk of both trees, duplicates included.
     pub fn blobs(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.layer
-            .blobs()
-            .chain(self.memory.iter().flat_map(TreeRef::blobs))
+            .iter()
+            .chain(self.memory.iter())
+            .flat_map(TreeRef::blobs)
     }
 
     /// Checks everything but the checksum: magic, version, ids, timestamp and trees.
@@ -157,12 +161,14 @@ impl Manifest {
                 self.created_at.chars().take(64).collect(),
             ));
         }
-        self.layer
-            .validate_as(TreeKind::Layer)
-            .map_err(|source| ManifestError::Tree {
-                which: "layer",
-                source,
-            })?;
+        if let Some(layer) = &self.layer {
+            layer
+                .validate_as(TreeKind::Layer)
+                .map_err(|source| ManifestError::Tree {
+                    which: "layer",
+                    source,
+                })?;
+        }
         if let Some(memory) = &self.memory {
             memory
                 .validate_as(TreeKind::Memory)
@@ -278,15 +284,18 @@ mod tests {
             chunks: vec![],
             target: None,
             opaque: false,
+            lengths: Vec::new(),
         };
         let layer = TreeRef {
             kind: TreeKind::Layer,
+            chunk_size: crate::CHUNK_SIZE,
+            content_defined: false,
             entries: vec![root],
         };
         Manifest::new(
             "snap-1",
             "sb-1",
-            layer,
+            Some(layer),
             None,
             json!({"hostname": "h", "b": [1, 2.5, null], "a": {"z": 1, "y": true}}),
         )
@@ -354,11 +363,12 @@ mod tests {
     #[test]
     fn sealed_traversal_is_still_rejected() {
         let mut m = sample();
-        m.layer.entries.push(Entry {
+        let layer = m.layer.as_mut().unwrap();
+        layer.entries.push(Entry {
             path: "../x".into(),
-            ..m.layer.entries[0].clone()
+            ..layer.entries[0].clone()
         });
-        m.layer.entries[1].kind = EntryKind::File;
+        layer.entries[1].kind = EntryKind::File;
         m.seal();
         assert!(matches!(
             Manifest::from_bytes(&m.to_bytes()),

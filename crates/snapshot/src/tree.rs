@@ -6,8 +6,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::is_valid_hash;
 
-/// Files are cut into chunks of this many bytes; each chunk is one blob.
+/// Files of a layer tree are cut into chunks of this many bytes; each chunk is one blob.
+/// It is also the chunk size of a tree that does not record one, and the largest allowed.
 pub const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Memory trees are cut by content (FastCDC), with chunks of this average size. Between two
+/// checkpoints of one sandbox, `pages.img` changes in scattered pages *and* shifts by a few
+/// pages where allocations changed: fixed offsets would share almost no chunk after the
+/// first shift (measured: 6 of 855), content-defined cuts find the same chunks again.
+pub const MEMORY_CHUNK_SIZE: u64 = 64 * 1024;
+/// Smallest content-defined chunk (except a file's last).
+pub const CDC_MIN: u64 = 16 * 1024;
+/// Largest content-defined chunk.
+pub const CDC_MAX: u64 = 256 * 1024;
+
+/// Smallest chunk size a tree may record.
+pub const MIN_CHUNK_SIZE: u64 = 4 * 1024;
 
 /// Longest entry path accepted, in bytes.
 const MAX_PATH_BYTES: usize = 4096;
@@ -51,7 +65,7 @@ pub struct Entry {
     pub mtime_ns: i64,
     /// Length of a file; 0 for other kinds.
     pub size: u64,
-    /// Hashes of a file's chunks, in order.
+    /// Hashes of a file's chunks (of the tree's chunk size), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<String>,
     /// Target of a symlink.
@@ -60,6 +74,9 @@ pub struct Entry {
     /// A directory marked `trusted.overlay.opaque=y`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub opaque: bool,
+    /// Length of each chunk, in a tree cut by content (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lengths: Vec<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -67,24 +84,46 @@ fn is_false(b: &bool) -> bool {
 }
 
 impl Entry {
-    /// `(hash, length)` of each chunk of this entry.
-    pub fn blobs(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
-        self.chunks
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.as_str(), chunk_len(self.size, i)))
+    /// `(hash, length)` of each chunk of this entry: its recorded lengths, or else cuts
+    /// every `chunk_size` bytes.
+    pub fn blobs(&self, chunk_size: u64) -> impl Iterator<Item = (&str, u64)> + '_ {
+        let recorded = !self.lengths.is_empty();
+        self.chunks.iter().enumerate().map(move |(i, h)| {
+            let len = if recorded {
+                self.lengths[i]
+            } else {
+                chunk_len(self.size, i, chunk_size)
+            };
+            (h.as_str(), len)
+        })
     }
 }
 
 /// Length of chunk `index` of a file of `size` bytes.
-pub(crate) fn chunk_len(size: u64, index: usize) -> u64 {
-    let start = index as u64 * CHUNK_SIZE;
-    size.saturating_sub(start).min(CHUNK_SIZE)
+pub(crate) fn chunk_len(size: u64, index: usize, chunk_size: u64) -> u64 {
+    let start = index as u64 * chunk_size;
+    size.saturating_sub(start).min(chunk_size)
 }
 
 /// Number of chunks of a file of `size` bytes.
-pub(crate) fn chunk_count(size: u64) -> u64 {
-    size.div_ceil(CHUNK_SIZE)
+pub(crate) fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+    size.div_ceil(chunk_size)
+}
+
+fn default_chunk_size() -> u64 {
+    CHUNK_SIZE
+}
+
+fn is_default_chunk_size(n: &u64) -> bool {
+    *n == CHUNK_SIZE
+}
+
+impl TreeKind {
+    /// Whether `put_tree` cuts files of a tree of this kind by content (else every
+    /// [`CHUNK_SIZE`] bytes).
+    pub fn content_defined(self) -> bool {
+        self == TreeKind::Memory
+    }
 }
 
 /// A stored directory tree.
@@ -92,6 +131,16 @@ pub(crate) fn chunk_count(size: u64) -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct TreeRef {
     pub kind: TreeKind,
+    /// Bytes per chunk: a power of two from [`MIN_CHUNK_SIZE`] to [`CHUNK_SIZE`]; omitted
+    /// when it is [`CHUNK_SIZE`].
+    #[serde(
+        default = "default_chunk_size",
+        skip_serializing_if = "is_default_chunk_size"
+    )]
+    pub chunk_size: u64,
+    /// Files are cut by content; every file entry records its chunks' `lengths`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub content_defined: bool,
     /// Every parent precedes its children.
     pub entries: Vec<Entry>,
 }
@@ -112,6 +161,8 @@ pub enum TreeError {
     Inconsistent { path: String, reason: &'static str },
     #[error("expected a {expected:?} tree, found {found:?}")]
     WrongKind { expected: TreeKind, found: TreeKind },
+    #[error("chunk size {0} is not a power of two from 4 KiB to 4 MiB")]
+    BadChunkSize(u64),
 }
 
 impl TreeRef {
@@ -122,12 +173,17 @@ impl TreeRef {
 
     /// `(hash, length)` of every chunk of every file, duplicates included.
     pub fn blobs(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
-        self.entries.iter().flat_map(Entry::blobs)
+        let cs = self.chunk_size;
+        self.entries.iter().flat_map(move |e| e.blobs(cs))
     }
 
     /// Checks every rule of the format (see the crate docs). Nothing is written from a tree
     /// that fails this.
     pub fn validate(&self) -> Result<(), TreeError> {
+        let cs = self.chunk_size;
+        if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=CHUNK_SIZE).contains(&cs) {
+            return Err(TreeError::BadChunkSize(cs));
+        }
         let mut seen: HashSet<&str> = HashSet::with_capacity(self.entries.len());
         let mut dirs: HashSet<&str> = HashSet::new();
         for (i, e) in self.entries.iter().enumerate() {
@@ -163,7 +219,9 @@ impl TreeRef {
             if e.opaque && e.kind != EntryKind::Dir {
                 return Err(bad("only a directory can be opaque"));
             }
-            if e.kind != EntryKind::File && (e.size != 0 || !e.chunks.is_empty()) {
+            if e.kind != EntryKind::File
+                && (e.size != 0 || !e.chunks.is_empty() || !e.lengths.is_empty())
+            {
                 return Err(bad("only a file has a size and chunks"));
             }
             if (e.kind == EntryKind::Symlink) != e.target.is_some() {
@@ -171,7 +229,16 @@ impl TreeRef {
             }
             match e.kind {
                 EntryKind::File => {
-                    if e.chunks.len() as u64 != chunk_count(e.size) {
+                    if self.content_defined {
+                        if e.lengths.len() != e.chunks.len()
+                            || e.lengths.iter().any(|l| !(1..=CHUNK_SIZE).contains(l))
+                            || e.lengths.iter().sum::<u64>() != e.size
+                        {
+                            return Err(bad("chunk lengths do not add up to the size"));
+                        }
+                    } else if !e.lengths.is_empty() {
+                        return Err(bad("chunk lengths in a tree cut at fixed offsets"));
+                    } else if e.chunks.len() as u64 != chunk_count(e.size, cs) {
                         return Err(bad("chunk count does not match size"));
                     }
                     if !e.chunks.iter().all(|h| is_valid_hash(h)) {
@@ -257,12 +324,15 @@ mod tests {
             chunks: vec![],
             target: (kind == EntryKind::Symlink).then(|| "t".into()),
             opaque: false,
+            lengths: Vec::new(),
         }
     }
 
     fn tree(entries: Vec<Entry>) -> TreeRef {
         TreeRef {
             kind: TreeKind::Layer,
+            chunk_size: CHUNK_SIZE,
+            content_defined: false,
             entries,
         }
     }
@@ -326,11 +396,15 @@ mod tests {
 
     #[test]
     fn chunk_arithmetic() {
-        assert_eq!(chunk_count(0), 0);
-        assert_eq!(chunk_count(1), 1);
-        assert_eq!(chunk_count(CHUNK_SIZE), 1);
-        assert_eq!(chunk_count(CHUNK_SIZE + 1), 2);
-        assert_eq!(chunk_len(CHUNK_SIZE + 5, 0), CHUNK_SIZE);
-        assert_eq!(chunk_len(CHUNK_SIZE + 5, 1), 5);
+        assert_eq!(chunk_count(0, CHUNK_SIZE), 0);
+        assert_eq!(chunk_count(1, CHUNK_SIZE), 1);
+        assert_eq!(chunk_count(CHUNK_SIZE, CHUNK_SIZE), 1);
+        assert_eq!(chunk_count(CHUNK_SIZE + 1, CHUNK_SIZE), 2);
+        assert_eq!(chunk_len(CHUNK_SIZE + 5, 0, CHUNK_SIZE), CHUNK_SIZE);
+        assert_eq!(chunk_len(CHUNK_SIZE + 5, 1, CHUNK_SIZE), 5);
+        let m = MEMORY_CHUNK_SIZE;
+        assert_eq!(chunk_count(3 * m + 1, m), 4);
+        assert_eq!(chunk_len(3 * m + 1, 3, m), 1);
+        assert_eq!(chunk_len(3 * m + 1, 2, m), m);
     }
 }

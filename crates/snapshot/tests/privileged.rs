@@ -57,6 +57,8 @@ fn whiteouts_round_trip() {
     );
     let bad = TreeRef {
         kind: TreeKind::Memory,
+        chunk_size: layer.chunk_size,
+        content_defined: false,
         entries: layer.entries.clone(),
     };
     let err = store.materialize(&bad, &tmp.path().join("x")).unwrap_err();

@@ -9,7 +9,7 @@ use std::path::Path;
 use common::*;
 use sandboxd_snapshot::{
     Entry, EntryKind, LocalStore, Manifest, ManifestError, SnapshotStore, StoreError, TreeError,
-    TreeKind, CHUNK_SIZE,
+    TreeKind, CDC_MAX, CDC_MIN, CHUNK_SIZE,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -87,25 +87,31 @@ fn round_trip_preserves_everything() {
     assert!(empty.chunks.is_empty(), "an empty file needs no blob");
 
     let meta = serde_json::json!({"template": "python", "hostname": "h1", "env": ["PATH"]});
-    let m = Manifest::new("snap-1", "sb-1", layer, None, meta);
+    let m = Manifest::new("snap-1", "sb-1", Some(layer), None, meta);
     store.commit(&m).unwrap();
     let read = store.manifest("snap-1").unwrap();
     assert_eq!(read, m);
     assert_eq!(store.list().unwrap(), vec!["snap-1".to_owned()]);
 
     let dest = tmp.path().join("restored");
-    store.materialize(&read.layer, &dest).unwrap();
+    store
+        .materialize(read.layer.as_ref().unwrap(), &dest)
+        .unwrap();
     assert_eq!(describe_tree(&dest), describe_tree(&src));
 
     // An existing empty directory is an acceptable destination too.
     let dest2 = tmp.path().join("restored2");
     fs::create_dir(&dest2).unwrap();
-    store.materialize(&read.layer, &dest2).unwrap();
+    store
+        .materialize(read.layer.as_ref().unwrap(), &dest2)
+        .unwrap();
     assert_eq!(describe_tree(&dest2), describe_tree(&src));
     assert!(siblings_with_prefix(tmp.path(), "restored.tmp-").is_empty());
 
     // A non-empty destination is refused and left alone.
-    let err = store.materialize(&read.layer, &dest).unwrap_err();
+    let err = store
+        .materialize(read.layer.as_ref().unwrap(), &dest)
+        .unwrap_err();
     assert!(matches!(err, StoreError::DestNotEmpty { .. }), "{err}");
 }
 
@@ -130,15 +136,18 @@ fn memory_tree_with_large_images_round_trips() {
         .iter()
         .find(|e| e.path == "pages.img")
         .unwrap();
-    assert_eq!(
-        pages.chunks.len(),
-        3,
-        "an exact multiple has no empty tail chunk"
+    assert!(memory.content_defined);
+    assert_eq!(pages.lengths.len(), pages.chunks.len());
+    assert_eq!(pages.lengths.iter().sum::<u64>(), 3 * CHUNK_SIZE);
+    let n = pages.chunks.len() as u64;
+    assert!(
+        (3 * CHUNK_SIZE / CDC_MAX..=3 * CHUNK_SIZE / CDC_MIN).contains(&n),
+        "{n} chunks"
     );
     let m = Manifest::new(
         "snap-mem",
         "sb-1",
-        layer,
+        Some(layer),
         Some(memory),
         serde_json::json!(null),
     );
@@ -180,19 +189,76 @@ fn a_small_change_in_a_big_file_adds_at_most_two_chunks() {
     let store = store(&tmp);
     let src = tmp.path().join("src");
     let mut data = pseudo_random(9 * MIB, 3);
-    write(&src.join("pages.img"), &data);
-    store.put_tree(TreeKind::Memory, &src).unwrap();
+    write(&src.join("big.bin"), &data);
+    store.put_tree(TreeKind::Layer, &src).unwrap();
     let before = count_blobs(&store);
     assert_eq!(before, 3);
 
     // 1 MiB changed across the first chunk boundary: chunks 0 and 1 change, 2 does not.
     let start = 7 * MIB / 2;
     data[start..start + MIB].copy_from_slice(&pseudo_random(MIB, 4));
-    write(&src.join("pages.img"), &data);
-    store.put_tree(TreeKind::Memory, &src).unwrap();
+    write(&src.join("big.bin"), &data);
+    store.put_tree(TreeKind::Layer, &src).unwrap();
     let added = count_blobs(&store) - before;
-    assert!(added <= 2, "added {added} chunks");
     assert_eq!(added, 2);
+}
+
+/// Two checkpoints of one sandbox differ in scattered pages, and pages shift where
+/// allocations changed. Memory trees are cut by content, so neither costs more than the
+/// chunks around the change.
+#[test]
+fn scattered_and_shifted_pages_add_only_nearby_memory_chunks() {
+    let tmp = TempDir::new("pages");
+    let store = store(&tmp);
+    let src = tmp.path().join("ckpt");
+    let data = pseudo_random(9 * MIB, 3);
+    write(&src.join("pages.img"), &data);
+    let first = store.put_tree(TreeKind::Memory, &src).unwrap();
+    let before = count_blobs(&store);
+    assert_eq!(before, first.entries[1].chunks.len());
+    let stored = |s: &LocalStore| -> u64 {
+        let mut total = 0;
+        for d in fs::read_dir(s.root().join("blobs")).unwrap().flatten() {
+            for f in fs::read_dir(d.path()).unwrap().flatten() {
+                total += f.metadata().unwrap().len();
+            }
+        }
+        total
+    };
+    let one = stored(&store);
+
+    // 16 pages rewritten, spread over the file.
+    let page = 4096;
+    let mut changed = data.clone();
+    let pages = data.len() / page;
+    for i in 0..16 {
+        let p = (i * pages / 16) + 3;
+        changed[p * page..(p + 1) * page].copy_from_slice(&pseudo_random(page, 100 + i as u64));
+    }
+    write(&src.join("pages.img"), &changed);
+    store.put_tree(TreeKind::Memory, &src).unwrap();
+    let added = stored(&store) - one;
+    assert!(
+        added <= 16 * 2 * CDC_MAX,
+        "16 changed pages added {added} bytes"
+    );
+
+    // Two pages inserted near the start: everything after them shifts by 8 KiB.
+    let mut shifted = data[..5 * page].to_vec();
+    shifted.extend_from_slice(&pseudo_random(2 * page, 77));
+    shifted.extend_from_slice(&data[5 * page..]);
+    write(&src.join("pages.img"), &shifted);
+    let before = stored(&store);
+    let third = store.put_tree(TreeKind::Memory, &src).unwrap();
+    let added = stored(&store) - before;
+    assert!(
+        added <= 2 * CDC_MAX + 2 * page as u64,
+        "a shift of two pages added {added} bytes"
+    );
+
+    // And it reads back exactly.
+    store.materialize(&third, &tmp.path().join("out")).unwrap();
+    assert_eq!(fs::read(tmp.path().join("out/pages.img")).unwrap(), shifted);
 }
 
 #[test]
@@ -205,6 +271,8 @@ fn corrupt_blob_fails_materialize_and_leaves_no_dest() {
     let m = snapshot(&store, "s1", &src);
     let victim = m
         .layer
+        .as_ref()
+        .unwrap()
         .entries
         .iter()
         .find(|e| e.path == "z/victim")
@@ -216,7 +284,9 @@ fn corrupt_blob_fails_materialize_and_leaves_no_dest() {
     fs::write(&blob, &bytes).unwrap();
 
     let dest = tmp.path().join("out");
-    let err = store.materialize(&m.layer, &dest).unwrap_err();
+    let err = store
+        .materialize(m.layer.as_ref().unwrap(), &dest)
+        .unwrap_err();
     match &err {
         StoreError::Corrupt { hash: h } => assert_eq!(h, &hash),
         other => panic!("expected Corrupt, got {other:?}"),
@@ -227,10 +297,14 @@ fn corrupt_blob_fails_materialize_and_leaves_no_dest() {
 
     // Truncated blob: also Corrupt. Missing blob: MissingBlob.
     fs::write(&blob, &bytes[..10]).unwrap();
-    let err = store.materialize(&m.layer, &dest).unwrap_err();
+    let err = store
+        .materialize(m.layer.as_ref().unwrap(), &dest)
+        .unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     fs::remove_file(&blob).unwrap();
-    let err = store.materialize(&m.layer, &dest).unwrap_err();
+    let err = store
+        .materialize(m.layer.as_ref().unwrap(), &dest)
+        .unwrap_err();
     assert!(matches!(err, StoreError::MissingBlob { .. }), "{err}");
     assert!(!dest.exists());
 }
@@ -319,6 +393,7 @@ fn file_entry(path: &str, chunks: Vec<String>, size: u64) -> Entry {
         chunks,
         target: None,
         opaque: false,
+        lengths: Vec::new(),
     }
 }
 
@@ -363,8 +438,18 @@ fn path_traversal_is_rejected_before_writing() {
     assert!(!dest.exists());
 
     // The same tree inside a sealed manifest is refused on read, and on commit.
-    let mut m = Manifest::new("evil", "sb", good.clone(), None, serde_json::json!({}));
-    m.layer.entries.push(file_entry("../x", chunks, 7));
+    let mut m = Manifest::new(
+        "evil",
+        "sb",
+        Some(good.clone()),
+        None,
+        serde_json::json!({}),
+    );
+    m.layer
+        .as_mut()
+        .unwrap()
+        .entries
+        .push(file_entry("../x", chunks, 7));
     m.seal();
     let err = store.commit(&m).unwrap_err();
     assert!(matches!(err, StoreError::Manifest { .. }), "{err:?}");
@@ -407,6 +492,8 @@ fn commit_is_atomic_and_temp_manifests_are_ignored() {
     ghost.snapshot_id = "ghost".into();
     let f = ghost
         .layer
+        .as_mut()
+        .unwrap()
         .entries
         .iter_mut()
         .find(|e| e.path == "f")
@@ -461,10 +548,12 @@ fn gc_removes_only_unreferenced_blobs() {
     assert_eq!((stats.blobs_removed, stats.bytes_removed), (1, 1000));
     assert_eq!(count_blobs(&store), 2);
     let dest = tmp.path().join("b-restored");
-    store.materialize(&mb.layer, &dest).unwrap();
+    store
+        .materialize(mb.layer.as_ref().unwrap(), &dest)
+        .unwrap();
     assert_eq!(describe_tree(&dest), describe_tree(&b));
     let err = store
-        .materialize(&ma.layer, &tmp.path().join("gone"))
+        .materialize(ma.layer.as_ref().unwrap(), &tmp.path().join("gone"))
         .unwrap_err();
     assert!(matches!(err, StoreError::MissingBlob { .. }));
 

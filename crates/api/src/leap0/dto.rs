@@ -481,6 +481,7 @@ pub fn snapshot_view(s: &Snapshot) -> Value {
             "status": s.status.as_str(),
             "network_policy": s.network_policy,
             "size_bytes": s.size_bytes,
+            "added_bytes": s.added_bytes,
             "created_at": ts(s.created_at),
         }),
         sizes(&s.resources),

@@ -56,6 +56,7 @@ pub fn snapshot_view(s: &Snapshot) -> Value {
         "sandbox_format_version": 1,
         "restorability": "restorable",
         "size_bytes": s.size_bytes,
+        "added_bytes": s.added_bytes,
         "paused_ms": s.paused_ms,
         "error_message": s.error_message,
         "expires_at": s.expires_at.map(ts),

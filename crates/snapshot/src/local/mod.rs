@@ -354,8 +354,8 @@ impl LocalStore {
                 own.remove(h);
             }
         }
-        let logical_bytes =
-            m.layer.logical_bytes() + m.memory.as_ref().map_or(0, TreeRef::logical_bytes);
+        let logical_bytes = m.layer.as_ref().map_or(0, TreeRef::logical_bytes)
+            + m.memory.as_ref().map_or(0, TreeRef::logical_bytes);
         Ok(Usage {
             logical_bytes,
             unique_bytes_added: own.values().sum(),

@@ -16,7 +16,9 @@ use tracing::debug;
 use super::LocalStore;
 use crate::hash::blake3_hex;
 use crate::sys;
-use crate::tree::{Entry, EntryKind, TreeKind, TreeRef, CHUNK_SIZE, ROOT_PATH};
+use crate::tree::{
+    Entry, EntryKind, TreeKind, TreeRef, CDC_MAX, CDC_MIN, CHUNK_SIZE, MEMORY_CHUNK_SIZE, ROOT_PATH,
+};
 use crate::StoreError;
 
 /// Most worker threads one `put_tree` uses.
@@ -41,9 +43,15 @@ pub(super) fn put_tree(
         });
     }
     let (mut entries, jobs) = walk(kind, src, &meta)?;
-    let new_blobs = store_files(store, &mut entries, jobs)?;
+    let cdc = kind.content_defined();
+    let new_blobs = store_files(store, &mut entries, jobs, cdc)?;
     debug!(entries = entries.len(), new_blobs, "tree stored");
-    let tree = TreeRef { kind, entries };
+    let tree = TreeRef {
+        kind,
+        chunk_size: CHUNK_SIZE,
+        content_defined: cdc,
+        entries,
+    };
     tree.validate()?;
     Ok(tree)
 }
@@ -100,6 +108,7 @@ fn walk(
                     chunks: Vec::new(),
                     target: None,
                     opaque: false,
+                    lengths: Vec::new(),
                 });
                 continue;
             }
@@ -126,6 +135,7 @@ fn base_entry(path: String, kind: EntryKind, meta: &Metadata) -> Entry {
         chunks: Vec::new(),
         target: None,
         opaque: false,
+        lengths: Vec::new(),
     }
 }
 
@@ -190,6 +200,7 @@ fn store_files(
     store: &LocalStore,
     entries: &mut [Entry],
     jobs: Vec<FileJob>,
+    cdc: bool,
 ) -> Result<u64, StoreError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -202,13 +213,13 @@ fn store_files(
     let done: Mutex<Vec<(usize, Entry)>> = Mutex::new(Vec::with_capacity(jobs.len()));
 
     let work = || {
-        let mut buf = Vec::with_capacity(CHUNK_SIZE as usize);
+        let mut buf = Vec::new();
         let mut mine = Vec::new();
         while !failed.load(Ordering::Relaxed) {
             let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 break;
             };
-            match store_file(store, job.rel.clone(), &job.abs, &mut buf, &new_blobs) {
+            match store_file(store, job.rel.clone(), &job.abs, &mut buf, &new_blobs, cdc) {
                 Ok(entry) => mine.push((job.index, entry)),
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
@@ -247,6 +258,7 @@ fn store_file(
     abs: &Path,
     buf: &mut Vec<u8>,
     new_blobs: &AtomicU64,
+    cdc: bool,
 ) -> Result<Entry, StoreError> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -261,6 +273,25 @@ fn store_file(
         });
     }
     let mut entry = base_entry(rel, EntryKind::File, &meta);
+    if cdc {
+        let chunks = fastcdc::v2020::StreamCDC::new(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            CDC_MIN as u32,
+            MEMORY_CHUNK_SIZE as u32,
+            CDC_MAX as u32,
+        );
+        for chunk in chunks {
+            let chunk = chunk.map_err(|e| StoreError::io("read", abs)(e.into()))?;
+            let hash = blake3_hex(&chunk.data);
+            if store.write_blob(&hash, &chunk.data)? {
+                new_blobs.fetch_add(1, Ordering::Relaxed);
+            }
+            entry.size += chunk.length as u64;
+            entry.chunks.push(hash);
+            entry.lengths.push(chunk.length as u64);
+        }
+        return Ok(entry);
+    }
     loop {
         buf.clear();
         (&mut file)

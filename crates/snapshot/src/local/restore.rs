@@ -2,7 +2,7 @@
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{fchown, lchown, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{fchown, lchown, DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +10,13 @@ use tracing::{debug, warn};
 
 use super::{unique_suffix, LocalStore};
 use crate::sys;
-use crate::tree::{Entry, EntryKind, TreeRef, CHUNK_SIZE, ROOT_PATH};
+use crate::tree::{Entry, EntryKind, TreeRef, ROOT_PATH};
 use crate::StoreError;
+
+/// A file of at least this many chunks is written by several threads.
+const PARALLEL_MIN_CHUNKS: usize = 64;
+/// Most threads writing one file.
+const MAX_WORKERS: usize = 4;
 
 pub(super) fn materialize(
     store: &LocalStore,
@@ -37,7 +42,7 @@ pub(super) fn materialize(
         .create(&tmp)
         .map_err(StoreError::io("create", &tmp))?;
 
-    let result = Builder::new(store, &tmp)
+    let result = Builder::new(store, &tmp, tree.chunk_size)
         .build(tree)
         .and_then(|()| fs::rename(&tmp, dest).map_err(StoreError::io("rename", &tmp)))
         .and_then(|()| sys::fsync_dir(&parent).map_err(StoreError::io("fsync", &parent)));
@@ -98,17 +103,19 @@ struct Builder<'a> {
     buf: Vec<u8>,
     euid: u32,
     egid: u32,
+    chunk_size: u64,
 }
 
 impl<'a> Builder<'a> {
-    fn new(store: &'a LocalStore, root: &'a Path) -> Self {
+    fn new(store: &'a LocalStore, root: &'a Path, chunk_size: u64) -> Self {
         let (euid, egid) = sys::effective_ids();
         Builder {
             store,
             root,
-            buf: Vec::with_capacity(CHUNK_SIZE as usize),
+            buf: Vec::with_capacity(chunk_size as usize),
             euid,
             egid,
+            chunk_size,
         }
     }
 
@@ -176,10 +183,14 @@ impl<'a> Builder<'a> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(StoreError::io("create", path))?;
-        for (hash, len) in e.blobs() {
-            self.store.read_blob(hash, len, &mut self.buf)?;
-            file.write_all(&self.buf)
-                .map_err(StoreError::io("write", path))?;
+        if e.chunks.len() >= PARALLEL_MIN_CHUNKS {
+            self.file_parallel(e, &file, path)?;
+        } else {
+            for (hash, len) in e.blobs(self.chunk_size) {
+                self.store.read_blob(hash, len, &mut self.buf)?;
+                file.write_all(&self.buf)
+                    .map_err(StoreError::io("write", path))?;
+            }
         }
         // chown clears set-id bits, so it goes before chmod.
         if self.needs_chown(e) {
@@ -192,6 +203,46 @@ impl<'a> Builder<'a> {
         file.set_times(fs::FileTimes::new().set_modified(mtime))
             .map_err(StoreError::io("utimens", path))?;
         Ok(())
+    }
+
+    /// Writes a file of many chunks (a memory image) with one thread per core, each
+    /// reading, verifying and writing (at its offset) a contiguous run of chunks.
+    fn file_parallel(&self, e: &Entry, file: &fs::File, path: &Path) -> Result<(), StoreError> {
+        let blobs: Vec<(&str, u64)> = e.blobs(self.chunk_size).collect();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_WORKERS);
+        let per = blobs.len().div_ceil(workers);
+        let offsets: Vec<u64> = blobs
+            .iter()
+            .scan(0u64, |at, (_, len)| {
+                let o = *at;
+                *at += len;
+                Some(o)
+            })
+            .collect();
+        let chunk_size = self.chunk_size;
+        let store = self.store;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = blobs
+                .chunks(per)
+                .zip(offsets.chunks(per))
+                .map(|(run, offs)| {
+                    scope.spawn(move || -> Result<(), StoreError> {
+                        let mut buf = Vec::with_capacity(chunk_size as usize);
+                        for ((hash, len), offset) in run.iter().zip(offs) {
+                            store.read_blob(hash, *len, &mut buf)?;
+                            file.write_all_at(&buf, *offset)
+                                .map_err(StoreError::io("write", path))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
     }
 
     /// Owner and mtime of a symlink or whiteout, without following it.

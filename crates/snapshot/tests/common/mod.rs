@@ -126,7 +126,7 @@ pub fn describe_tree(root: &Path) -> BTreeMap<String, Node> {
 /// Stores `src` as a layer and commits it as `id`.
 pub fn snapshot(store: &LocalStore, id: &str, src: &Path) -> Manifest {
     let layer = store.put_tree(TreeKind::Layer, src).unwrap();
-    let m = Manifest::new(id, "sb-test", layer, None, serde_json::json!({}));
+    let m = Manifest::new(id, "sb-test", Some(layer), None, serde_json::json!({}));
     store.commit(&m).unwrap();
     m
 }
