@@ -386,7 +386,49 @@ impl Daemon {
             .join(format!("snap-{snap}"))
     }
 
-    /// Where the daemon keeps a snapshot's checkpoint image (`<data>/images/snap-<id>`).
+    /// Waits until the archiver has moved the snapshot's memory image into the store (its
+    /// `added_bytes` is known and the plain image is gone); returns the record.
+    pub fn wait_archived(&self, sid: &str) -> anyhow::Result<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let r = self
+                .http
+                .get(&format!("{}/snapshots/{sid}", self.project_url()))
+                .set("Authorization", &self.auth())
+                .call();
+            let (status, snap) = read_json(r)?;
+            if status != 200 {
+                bail!("get snapshot {sid}: HTTP {status}: {snap}");
+            }
+            if snap["added_bytes"].is_u64() && !self.image_of(sid).exists() {
+                return Ok(snap);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("snapshot {sid} was not stored within 120 s: {snap}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// The manifest of a stored snapshot (`<data>/store/manifests/snap-<id>.json`).
+    pub fn manifest_of(&self, snap: &str) -> PathBuf {
+        self.data_dir
+            .join("store")
+            .join("manifests")
+            .join(format!("snap-{snap}.json"))
+    }
+
+    /// Where a stored chunk lives.
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.data_dir
+            .join("store")
+            .join("blobs")
+            .join(hash.get(..2).unwrap_or(""))
+            .join(hash)
+    }
+
+    /// Where the daemon keeps a snapshot's checkpoint image (`<data>/images/snap-<id>`)
+    /// until the archiver has moved it into the store.
     pub fn image_of(&self, snap: &str) -> PathBuf {
         self.data_dir.join("images").join(format!("snap-{snap}"))
     }

@@ -237,6 +237,15 @@ pub fn measure(
         }
     }
     let keep_snap = keep_snap.context("no snapshot")?;
+    // Restores below read the image from the store (verified), as a restore of any snapshot
+    // but a just-taken one does: wait for the archiver to have moved it there.
+    {
+        let d = ctx.daemon.as_mut().expect("daemon");
+        let kept = d.wait_archived(&keep_snap)?;
+        sizes["snapshot_added_bytes_reported"] = kept["added_bytes"].clone();
+        sizes["snapshot_stored_bytes"] =
+            json!(stored_image_bytes(d, std::slice::from_ref(&keep_snap))?);
+    }
 
     // 2: restore-as-new to first exec.
     progress(&format!(
@@ -428,7 +437,7 @@ pub fn measure(
             "runsc checkpoint --leave-running --compression=none of the same sandbox", su(&s.same_ckpt_plain)),
         row("snapshot_paused_ms", "  sandbox frozen (paused_ms of the record)", su(&s.snap_paused),
             "runsc checkpoint --leave-running of the same sandbox", su(&s.same_ckpt)),
-        row("restore_as_new_to_first_exec", "restore-as-new -> first exec", su(&s.restore_exec),
+        row("restore_as_new_to_first_exec", "restore-as-new -> first exec (image read back from the store, verified)", su(&s.restore_exec),
             "runsc restore --detach of a new container from the raw container's image + runsc exec", su(&s.raw_restore_exec)),
         row("restore_as_new_to_first_exec_vs_uncompressed", "  the same, vs restore from an uncompressed image", su(&s.restore_exec),
             "runsc restore --detach from an uncompressed image (--compression=none) + runsc exec", su(&s.raw_restore_plain_exec)),
@@ -598,6 +607,13 @@ fn storage_run(
         paused.push(snap["paused_ms"].as_f64().unwrap_or(f64::NAN));
         sids.push(snap["id"].as_str().context("snapshot id")?.to_string());
     }
+    // The images move into the store in the background; count them once they are there.
+    let mut added = Vec::new();
+    for sid in &sids {
+        if memory {
+            added.push(d.wait_archived(sid)?["added_bytes"].clone());
+        }
+    }
     let after = btrfs_df(vol, errlog)?;
     let present: Vec<String> = std::fs::read_dir(&layers)?
         .flatten()
@@ -612,8 +628,18 @@ fn storage_run(
     // The set: every extent any of the ten references, counted once.
     let set = btrfs_du(&layers, errlog)?;
     let first = btrfs_du(&d.layer_of(&sids[0]), errlog)?;
-    let images: Vec<u64> = sids.iter().map(|s| alloc_bytes(&d.image_of(s))).collect();
-    let images_total: u64 = images.iter().sum();
+    // Memory images: the distinct chunks (and manifests) the ten reference in the store,
+    // counted once, plus any image not yet moved there (none, after the wait).
+    let plain: u64 = sids.iter().map(|s| alloc_bytes(&d.image_of(s))).sum();
+    let (images_total, first_image) = if memory {
+        (
+            stored_image_bytes(d, &sids)? + plain,
+            stored_image_bytes(d, &sids[..1])?,
+        )
+    } else {
+        (plain, 0)
+    };
+    let images = [first_image];
     let ten_layers = set.exclusive + set.set_shared;
     let ten_held = ten_layers + images_total;
     let one_full = first.total + images[0];
@@ -636,6 +662,7 @@ fn storage_run(
         "volume_metadata_used_added_bytes": after.1 as i64 - before.1 as i64,
         "added_on_disk_bytes": after.0 as i64 - before.0 as i64 + images_total as i64,
         "paused_ms": paused,
+        "added_bytes_reported": added,
     }))
 }
 
@@ -753,6 +780,29 @@ fn btrfs_df(vol: &Path, errlog: &Path) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Bytes allocated on disk (st_blocks × 512) by everything under `p`.
+/// Bytes the store holds for these snapshots' memory images: their manifests and every
+/// distinct chunk they reference, counted once, as allocated on disk.
+fn stored_image_bytes(d: &Daemon, sids: &[String]) -> anyhow::Result<u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for sid in sids {
+        let path = d.manifest_of(sid);
+        total += alloc_bytes(&path);
+        let m: Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+        )?;
+        for e in m["memory"]["entries"].as_array().into_iter().flatten() {
+            for h in e["chunks"].as_array().into_iter().flatten() {
+                let h = h.as_str().context("chunk hash")?;
+                if seen.insert(h.to_string()) {
+                    total += alloc_bytes(&d.blob_path(h));
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn alloc_bytes(p: &Path) -> u64 {
     let Ok(md) = std::fs::symlink_metadata(p) else {
         return 0;
