@@ -219,13 +219,18 @@ fn snapshots_table(items: &[Value]) -> String {
                     .and_then(Value::as_u64)
                     .map(human_bytes)
                     .unwrap_or_else(|| "-".into()),
+                // What it added to storage; "-" until its memory image is stored.
+                s.get("added_bytes")
+                    .and_then(Value::as_u64)
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into()),
                 str_field(s, "created_at").to_string(),
             ]
         })
         .collect();
     table::render(
         &[
-            "ID", "NAME", "SANDBOX", "STATUS", "MEMORY", "SIZE", "CREATED",
+            "ID", "NAME", "SANDBOX", "STATUS", "MEMORY", "SIZE", "ADDED", "CREATED",
         ],
         &rows,
     )
@@ -285,10 +290,14 @@ mod tests {
     #[test]
     fn table_lists_every_snapshot() {
         let t = snapshots_table(&[json!({"id": "a", "name": null, "sandbox_id": "s",
-            "status": "Ready", "include_memory": true, "size_bytes": 2048, "created_at": "t"})]);
-        assert!(t.contains("ID"), "{t}");
+            "status": "Ready", "include_memory": true, "size_bytes": 2048,
+            "added_bytes": 3 << 20, "created_at": "t"})]);
+        assert!(t.contains("ID") && t.contains("ADDED"), "{t}");
         assert!(
-            t.contains("2.0 KiB") && t.contains("Ready") && t.contains("yes"),
+            t.contains("2.0 KiB")
+                && t.contains("3.0 MiB")
+                && t.contains("Ready")
+                && t.contains("yes"),
             "{t}"
         );
     }

@@ -257,12 +257,14 @@ impl Engine {
                     let src = plain.clone();
                     let sandbox = s.sandbox_id.to_string();
                     low_priority(move || -> Result<Usage, StoreError> {
-                        let name = store_id(id);
+                                let name = store_id(id);
                         match store.manifest(&name) {
                             // Committed before a crash; only the plain image is left to drop.
-                            Ok(_) => {}
+                            Ok(_) => store.usage(&name),
                             Err(StoreError::NotFound { .. }) => {
-                                let tree = store.put_tree(TreeKind::Memory, &src)?;
+                                let (tree, put) =
+                                    store.put_tree_counted(TreeKind::Memory, &src)?;
+                                let logical_bytes = tree.logical_bytes();
                                 fault::point("archive.stored");
                                 let m = Manifest::new(
                                     name.as_str(),
@@ -274,10 +276,13 @@ impl Engine {
                                     }),
                                 );
                                 store.commit(&m)?;
+                                Ok(Usage {
+                                    logical_bytes,
+                                    unique_bytes_added: put.new_bytes,
+                                })
                             }
-                            Err(e) => return Err(e),
+                            Err(e) => Err(e),
                         }
-                        store.usage(&name)
                     })
                     .await?
                     .map_err(|e| CoreError::Internal(format!("store the memory image: {e}")))?

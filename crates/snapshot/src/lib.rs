@@ -22,7 +22,8 @@
 //! ```
 //!
 //! **Blobs.** `<hash>` is the lowercase hex BLAKE3 of the blob's bytes (64 chars). A
-//! blob is written to a `.tmp-` name in its directory and renamed into place; an existing
+//! blob is written to a `.tmp-` name in its directory and hard-linked into place (which
+//! fails if another writer got there first), then the temp name is removed; an existing
 //! blob is not rewritten (its mtime is refreshed instead, see *GC* below). Every read
 //! checks the blob's length and hash; a mismatch is [`StoreError::Corrupt`].
 //!
@@ -134,6 +135,15 @@ pub struct Usage {
     pub unique_bytes_added: u64,
 }
 
+/// What one `put_tree` wrote: the blobs that were not stored yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutStats {
+    /// Blobs written.
+    pub new_blobs: u64,
+    /// Their bytes: what the tree added to the store.
+    pub new_bytes: u64,
+}
+
 /// What one garbage collection did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcStats {
@@ -152,7 +162,16 @@ pub struct GcStats {
 pub trait SnapshotStore: Send + Sync {
     /// Walks `src` (without following symlinks), stores its content as blobs and returns
     /// the tree's description. Nothing refers to the blobs until a manifest is committed.
-    fn put_tree(&self, kind: TreeKind, src: &Path) -> Result<TreeRef, StoreError>;
+    fn put_tree(&self, kind: TreeKind, src: &Path) -> Result<TreeRef, StoreError> {
+        self.put_tree_counted(kind, src).map(|(tree, _)| tree)
+    }
+
+    /// [`SnapshotStore::put_tree`], also saying which blobs were new to the store.
+    fn put_tree_counted(
+        &self,
+        kind: TreeKind,
+        src: &Path,
+    ) -> Result<(TreeRef, PutStats), StoreError>;
 
     /// Atomically commits `manifest` (sealed with a fresh checksum) under its snapshot id.
     /// Fails with [`StoreError::AlreadyExists`] if the id is taken.

@@ -173,14 +173,16 @@ fn identical_content_is_stored_once() {
     write(&b.join("elsewhere/shared"), &shared);
     write(&b.join("only-b"), b"b");
 
-    store.put_tree(TreeKind::Layer, &a).unwrap();
+    let (_, put) = store.put_tree_counted(TreeKind::Layer, &a).unwrap();
     assert_eq!(count_blobs(&store), 2, "two copies of a file are one blob");
-    store.put_tree(TreeKind::Layer, &b).unwrap();
+    assert_eq!((put.new_blobs, put.new_bytes), (2, 300_001));
+    let (_, put) = store.put_tree_counted(TreeKind::Layer, &b).unwrap();
     assert_eq!(
         count_blobs(&store),
         3,
         "the second tree adds only its own file"
     );
+    assert_eq!((put.new_blobs, put.new_bytes), (1, 1));
 }
 
 #[test]

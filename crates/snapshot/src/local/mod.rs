@@ -17,7 +17,7 @@ use crate::hash::{blake3_hex, is_valid_hash};
 use crate::manifest::{validate_snapshot_id, Manifest, ManifestError, MAX_MANIFEST_BYTES};
 use crate::sys;
 use crate::tree::{TreeKind, TreeRef};
-use crate::{GcStats, SnapshotStore, StoreError, Usage};
+use crate::{GcStats, PutStats, SnapshotStore, StoreError, Usage};
 
 const BLOBS: &str = "blobs";
 const MANIFESTS: &str = "manifests";
@@ -124,14 +124,18 @@ impl LocalStore {
             other => other,
         }
         .map_err(StoreError::io("create", &tmp))?;
+        // A hard link, unlike a rename, fails if the name exists: of two writers of one
+        // blob (two files of a tree with equal content), exactly one reports it as new.
         let written = file
             .write_all(data)
             .map_err(StoreError::io("write", &tmp))
-            .and_then(|()| fs::rename(&tmp, &path).map_err(StoreError::io("rename", &tmp)));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written.map(|()| true)
+            .and_then(|()| match fs::hard_link(&tmp, &path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(StoreError::io("link", &path)(e)),
+            });
+        let _ = fs::remove_file(&tmp);
+        written
     }
 
     /// Reads blob `hash` of `len` bytes into `buf`, verifying length and hash.
@@ -371,7 +375,11 @@ fn remove_if_present(path: &Path) -> Result<(), StoreError> {
 }
 
 impl SnapshotStore for LocalStore {
-    fn put_tree(&self, kind: TreeKind, src: &Path) -> Result<TreeRef, StoreError> {
+    fn put_tree_counted(
+        &self,
+        kind: TreeKind,
+        src: &Path,
+    ) -> Result<(TreeRef, PutStats), StoreError> {
         let _span = info_span!("put_tree", ?kind, src = %src.display()).entered();
         let _guard = self.read_guard();
         put::put_tree(self, kind, src)

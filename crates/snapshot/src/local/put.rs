@@ -19,7 +19,7 @@ use crate::sys;
 use crate::tree::{
     Entry, EntryKind, TreeKind, TreeRef, CDC_MAX, CDC_MIN, CHUNK_SIZE, MEMORY_CHUNK_SIZE, ROOT_PATH,
 };
-use crate::StoreError;
+use crate::{PutStats, StoreError};
 
 /// Most worker threads one `put_tree` uses.
 const MAX_WORKERS: usize = 4;
@@ -35,7 +35,7 @@ pub(super) fn put_tree(
     store: &LocalStore,
     kind: TreeKind,
     src: &Path,
-) -> Result<TreeRef, StoreError> {
+) -> Result<(TreeRef, PutStats), StoreError> {
     let meta = fs::symlink_metadata(src).map_err(StoreError::io("stat", src))?;
     if !meta.is_dir() {
         return Err(StoreError::NotADirectory {
@@ -44,8 +44,13 @@ pub(super) fn put_tree(
     }
     let (mut entries, jobs) = walk(kind, src, &meta)?;
     let cdc = kind.content_defined();
-    let new_blobs = store_files(store, &mut entries, jobs, cdc)?;
-    debug!(entries = entries.len(), new_blobs, "tree stored");
+    let stats = store_files(store, &mut entries, jobs, cdc)?;
+    debug!(
+        entries = entries.len(),
+        new_blobs = stats.new_blobs,
+        new_bytes = stats.new_bytes,
+        "tree stored"
+    );
     let tree = TreeRef {
         kind,
         chunk_size: CHUNK_SIZE,
@@ -53,7 +58,7 @@ pub(super) fn put_tree(
         entries,
     };
     tree.validate()?;
-    Ok(tree)
+    Ok((tree, stats))
 }
 
 /// Lists the tree depth first. A directory's entry is pushed when its parent is listed,
@@ -195,13 +200,13 @@ fn other_entry(
 }
 
 /// Stores every file of `jobs` into its entry, with up to [`MAX_WORKERS`] threads.
-/// Returns the number of blobs newly written; stops at the first error.
+/// Returns what was newly written; stops at the first error.
 fn store_files(
     store: &LocalStore,
     entries: &mut [Entry],
     jobs: Vec<FileJob>,
     cdc: bool,
-) -> Result<u64, StoreError> {
+) -> Result<PutStats, StoreError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_WORKERS)
@@ -209,6 +214,7 @@ fn store_files(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let new_blobs = AtomicU64::new(0);
+    let new_bytes = AtomicU64::new(0);
     let first_error: Mutex<Option<StoreError>> = Mutex::new(None);
     let done: Mutex<Vec<(usize, Entry)>> = Mutex::new(Vec::with_capacity(jobs.len()));
 
@@ -219,7 +225,14 @@ fn store_files(
             let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                 break;
             };
-            match store_file(store, job.rel.clone(), &job.abs, &mut buf, &new_blobs, cdc) {
+            match store_file(
+                store,
+                job.rel.clone(),
+                &job.abs,
+                &mut buf,
+                (&new_blobs, &new_bytes),
+                cdc,
+            ) {
                 Ok(entry) => mine.push((job.index, entry)),
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
@@ -247,7 +260,10 @@ fn store_files(
     for (index, entry) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
         entries[index] = entry;
     }
-    Ok(new_blobs.into_inner())
+    Ok(PutStats {
+        new_blobs: new_blobs.into_inner(),
+        new_bytes: new_bytes.into_inner(),
+    })
 }
 
 /// Reads the file once, chunk by chunk, hashing and storing each chunk as it goes.
@@ -257,7 +273,7 @@ fn store_file(
     rel: String,
     abs: &Path,
     buf: &mut Vec<u8>,
-    new_blobs: &AtomicU64,
+    (new_blobs, new_bytes): (&AtomicU64, &AtomicU64),
     cdc: bool,
 ) -> Result<Entry, StoreError> {
     let mut file = OpenOptions::new()
@@ -285,6 +301,7 @@ fn store_file(
             let hash = blake3_hex(&chunk.data);
             if store.write_blob(&hash, &chunk.data)? {
                 new_blobs.fetch_add(1, Ordering::Relaxed);
+                new_bytes.fetch_add(chunk.length as u64, Ordering::Relaxed);
             }
             entry.size += chunk.length as u64;
             entry.chunks.push(hash);
@@ -304,6 +321,7 @@ fn store_file(
         let hash = blake3_hex(buf);
         if store.write_blob(&hash, buf)? {
             new_blobs.fetch_add(1, Ordering::Relaxed);
+            new_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
         entry.size += buf.len() as u64;
         entry.chunks.push(hash);
