@@ -10,7 +10,10 @@
 //!
 //! A restore uses the plain image while it is there, else materializes the image from the
 //! store into `<data>/images/.restore-<uuid>`, every chunk verified: a corrupt or missing
-//! chunk fails the restore with a clear error before anything is created or stopped.
+//! chunk fails the restore with a clear error before the sandbox starts. A rollback
+//! materializes before it stops the sandbox (which keeps running on failure); a restore as
+//! a new sandbox materializes while the runtime prepares the new sandbox's layer, network
+//! and bundle, which are removed again on failure.
 //!
 //! Crash safety: the plain image is removed only after the manifest is committed, and first
 //! renamed to `.gone-snap-<id>` (atomic), so no restore ever reads a partial plain image. A

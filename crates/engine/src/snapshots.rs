@@ -20,6 +20,8 @@ use sandboxd_meta::Page;
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
+use sandboxd_runtime::{ImageWait, RuntimeError};
+
 use crate::{agent_addr, agent_client, Engine, EngineError};
 
 /// What a create-snapshot request asks for, validated.
@@ -229,12 +231,6 @@ impl Engine {
             ))
         })?;
         self.admit(tenant, &snap.resources)?;
-        // Before anything is created: a damaged stored image fails here, changing nothing.
-        let image = if snap.include_memory {
-            Some(self.memory_image(&snap).await?)
-        } else {
-            None
-        };
         let now = Utc::now();
         let mut sb = Sandbox {
             id: SandboxId::new(),
@@ -266,12 +262,38 @@ impl Engine {
         let _busy = self.begin(sb.id)?;
         let spec = self.spec(&sb, template)?;
         let (layer, _) = self.capture_paths(snap.id);
-        let image_arg = image.as_ref().map(|i| i.path.clone());
         let started = Instant::now();
         let rspec = spec.clone();
-        let mut result = self
-            .blocking(move |rt| rt.restore_new(&rspec, &layer, image_arg.as_deref()))
-            .await;
+        // The memory image (read back from the store if need be, every chunk verified) is
+        // produced while the runtime clones the layer and sets up the network and bundle; the
+        // runtime waits for it just before `runsc restore`. A damaged image fails the restore
+        // before the sandbox starts, and the error says so.
+        let (tx, rx) = std::sync::mpsc::channel::<Option<PathBuf>>();
+        let wait = snap.include_memory.then(|| {
+            Box::new(move || {
+                rx.recv()
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| RuntimeError::NotReady("the memory image is unavailable".into()))
+            }) as ImageWait
+        });
+        let image = async {
+            if !snap.include_memory {
+                return Ok(None);
+            }
+            let image = self.memory_image(&snap).await;
+            let _ = tx.send(image.as_ref().ok().map(|i| i.path.clone()));
+            image.map(Some)
+        };
+        let (mut result, image) = tokio::join!(
+            self.blocking(move |rt| rt.restore_new_when(&rspec, &layer, wait)),
+            image
+        );
+        // Kept until `runsc restore` has read it; a temporary copy goes when this drops.
+        let (_image, image_error) = match image {
+            Ok(i) => (i, None),
+            Err(e) => (None, Some(e)),
+        };
         fault::point("restore.launched");
         if result.is_ok() {
             result = self.after_start(&sb, snap.include_memory).await;
@@ -290,7 +312,9 @@ impl Engine {
                 warn!(error = %e, detail = ?e, "restore failed");
                 let _ = self.destroy_host(&sb).await;
                 self.meta.delete_sandbox(sb.id)?;
-                Err(CoreError::Internal("restore from the snapshot failed".into()).into())
+                Err(image_error.unwrap_or_else(|| {
+                    CoreError::Internal("restore from the snapshot failed".into()).into()
+                }))
             }
         }
     }

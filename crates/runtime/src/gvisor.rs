@@ -452,11 +452,11 @@ impl Runtime for Gvisor {
         self.launch(spec, &short, &layout, image_dir)
     }
 
-    fn restore_new(
+    fn restore_new_when(
         &self,
         spec: &SandboxSpec,
         layer_src: &Path,
-        image_dir: Option<&Path>,
+        image: Option<crate::ImageWait>,
     ) -> Result<(), RuntimeError> {
         let short = short_of(&spec.id);
         let layout = self.layout(&spec.id);
@@ -467,7 +467,8 @@ impl Runtime for Gvisor {
             .and_then(|()| netns::create(&short, spec.net))
             .and_then(|()| self.apply_egress(&short, spec.net, &spec.egress))
             .and_then(|()| self.write_bundle(spec, &short, &layout))
-            .and_then(|()| self.launch(spec, &short, &layout, image_dir));
+            .and_then(|()| image.map(|wait| wait()).transpose())
+            .and_then(|image_dir| self.launch(spec, &short, &layout, image_dir.as_deref()));
         if let Err(e) = &result {
             warn!(sandbox_id = %spec.id, error = %e, "restore failed; cleaning up");
             let _ = self.destroy(&spec.id, Some(spec.net));

@@ -22,6 +22,9 @@ use thiserror::Error;
 
 pub use gvisor::{Gvisor, GvisorConfig};
 
+/// Waits for a memory image directory (see [`Runtime::restore_new_when`]).
+pub type ImageWait = Box<dyn FnOnce() -> Result<PathBuf, RuntimeError> + Send>;
+
 #[derive(Debug, Error)]
 pub enum RuntimeError {
     /// A host command failed; `detail` is its trimmed stderr, for the log only.
@@ -141,6 +144,22 @@ pub trait Runtime: Send + Sync {
         spec: &SandboxSpec,
         layer_src: &Path,
         image_dir: Option<&Path>,
+    ) -> Result<(), RuntimeError> {
+        let image = image_dir.map(Path::to_owned);
+        self.restore_new_when(
+            spec,
+            layer_src,
+            image.map(|p| Box::new(move || Ok(p)) as ImageWait),
+        )
+    }
+    /// [`Runtime::restore_new`] with a memory image that is waited for only once the host
+    /// side (layer, network, bundle) is ready, so that it can be produced meanwhile. If the
+    /// wait fails, everything set up is removed and its error returned.
+    fn restore_new_when(
+        &self,
+        spec: &SandboxSpec,
+        layer_src: &Path,
+        image: Option<ImageWait>,
     ) -> Result<(), RuntimeError>;
     /// Replaces a sandbox's layer with a captured one and restarts it in place (same id and
     /// network) from `image_dir` if given.
