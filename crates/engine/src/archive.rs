@@ -44,6 +44,8 @@ const RESTORE: &str = ".restore-";
 const ARCHIVE_NICE: i32 = 10;
 /// Longest the archiver defers an image to lifecycle operations in flight.
 const QUIET_WAIT: Duration = Duration::from_secs(10);
+/// How long no lifecycle operation must have run before the archiver starts an image.
+const QUIET_FOR: Duration = Duration::from_secs(1);
 
 /// The store and the archiver's wake-up.
 pub(crate) struct Archive {
@@ -255,18 +257,22 @@ impl Engine {
         }
     }
 
-    /// Waits (up to [`QUIET_WAIT`]) until no lifecycle operation is in flight: storing an
-    /// image hashes hundreds of MiB and flushes the store, which would lengthen a capture
-    /// or restore running beside it (a capture's freeze doubled in a measured burst).
+    /// Waits (up to [`QUIET_WAIT`]) until no lifecycle operation has been in flight for
+    /// [`QUIET_FOR`]: storing an image hashes hundreds of MiB and flushes the store, which
+    /// lengthens a capture or restore running beside it (a capture's freeze doubled in a
+    /// measured burst of snapshots), so a burst is stored after it ends.
     async fn wait_quiet(&self) {
         let deadline = Instant::now() + QUIET_WAIT;
-        while Instant::now() < deadline
-            && !self
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline && quiet_since.elapsed() < QUIET_FOR {
+            if !self
                 .busy
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .is_empty()
-        {
+            {
+                quiet_since = Instant::now();
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
