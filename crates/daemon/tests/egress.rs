@@ -120,34 +120,98 @@ impl Drop for Internet {
     }
 }
 
-/// A DNS server in the namespace at 198.18.<net>.53 answering A queries from `zone`.
+/// A DNS server in the namespace at 198.18.<net>.53 answering A queries from `zone`, over
+/// UDP and TCP (length-prefixed messages).
 fn dns_server(inet: &Internet, zone: Vec<(&'static str, Ipv4Addr)>) {
     let path = format!("/var/run/netns/{}", inet.ns);
     let addr = SocketAddr::new(inet.ip(53).into(), 53);
-    let sock = std::thread::spawn(move || {
+    let (sock, tcp) = std::thread::spawn(move || {
         let f = std::fs::File::open(path).unwrap();
         // SAFETY: setns(2) on a namespace fd we hold; it changes only this thread.
         let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns");
-        std::net::UdpSocket::bind(addr).unwrap()
+        (
+            std::net::UdpSocket::bind(addr).unwrap(),
+            TcpListener::bind(addr).unwrap(),
+        )
     })
     .join()
     .unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
-            let q = &buf[..n];
-            let Some((name, qtype, _)) = sandboxd_egress::dns::question(q) else {
-                continue;
-            };
+    let zone = std::sync::Arc::new(zone);
+    let reply = {
+        let zone = zone.clone();
+        move |q: &[u8]| -> Option<Vec<u8>> {
+            let (name, qtype, _) = sandboxd_egress::dns::question(q)?;
             let ips: Vec<Ipv4Addr> = zone
                 .iter()
                 .filter(|(z, _)| *z == name && qtype == 1)
                 .map(|(_, ip)| *ip)
                 .collect();
-            let _ = sock.send_to(&sandboxd_egress::dns::answer(q, &ips, 60), peer);
+            Some(sandboxd_egress::dns::answer(q, &ips, 60))
+        }
+    };
+    let udp_reply = reply.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            if let Some(r) = udp_reply(&buf[..n]) {
+                let _ = sock.send_to(&r, peer);
+            }
         }
     });
+    std::thread::spawn(move || {
+        for mut c in tcp.incoming().map_while(Result::ok) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut len = [0u8; 2];
+            while c.read_exact(&mut len).is_ok() {
+                let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if c.read_exact(&mut q).is_err() {
+                    break;
+                }
+                let Some(r) = reply(&q) else { break };
+                let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&r);
+                if c.write_all(&out).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// Asks the sandbox's resolver for `name`'s A record over TCP; returns (rcode, addresses).
+fn resolve_tcp(d: &Daemon, id: &str, name: &str) -> (u8, Vec<String>) {
+    let script = r#"
+import socket, struct, sys
+name = sys.argv[1]
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+ns = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+s = socket.create_connection((ns, 53), timeout=5)
+s.sendall(struct.pack(">H", len(q)) + q)
+def rd(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise SystemExit("eof")
+        b += c
+    return b
+r = rd(struct.unpack(">H", rd(2))[0])
+an = struct.unpack(">H", r[6:8])[0]
+# Answers follow the question; each A record ends with its 4 address bytes.
+pos, ips = 12 + len(q) - 12, []
+for _ in range(an):
+    rdlen = struct.unpack(">H", r[pos + 10:pos + 12])[0]
+    ips.append(".".join(map(str, r[pos + 12:pos + 12 + rdlen])))
+    pos += 12 + rdlen
+print(r[3] & 15, " ".join(ips))
+"#;
+    let (exit, out, err) = d.exec(id, "python3", &["-c", script, name]);
+    assert_eq!(exit["exit_code"], 0, "DNS over TCP: {out}{err}");
+    let mut it = out.split_whitespace();
+    let rcode = it.next().unwrap().parse().unwrap();
+    (rcode, it.map(str::to_string).collect())
 }
 
 /// Binds a listener inside netns `ns` (from a thread that enters it; the socket stays there).
@@ -609,6 +673,15 @@ fn domain_rules_admit_only_their_names() {
         "allowed SNI admitted"
     );
     assert_eq!(tls_seen.lock().unwrap()[before].as_bytes()[0], 0x16);
+
+    // DNS over TCP goes to the same resolver, with the same rules.
+    assert_eq!(
+        resolve_tcp(&d, id, "allowed.test"),
+        (0, vec![a2.to_string()]),
+        "{}",
+        d.log()
+    );
+    assert_eq!(resolve_tcp(&d, id, "other.test"), (5, vec![]), "REFUSED");
 
     // *.wild.test: subdomains only.
     assert!(resolves(&d, id, "a.wild.test"));

@@ -180,6 +180,7 @@ pub fn sandbox_batch(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Strin
             let _ = writeln!(b, "flush chain {TABLE} {c}");
         }
         let _ = writeln!(b, "add rule {TABLE} {nat} udp dport 53 redirect to :{dns}");
+        let _ = writeln!(b, "add rule {TABLE} {nat} tcp dport 53 redirect to :{dns}");
         if !policy.transforms.is_empty() {
             // Transformed names may sit behind addresses IP rules admit: 80/443 all go through
             // the proxy, which splices what it does not transform.
@@ -215,6 +216,7 @@ pub fn sandbox_batch(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Strin
             );
         }
         let _ = writeln!(b, "add rule {TABLE} {input} udp dport {dns} accept");
+        let _ = writeln!(b, "add rule {TABLE} {input} tcp dport {dns} accept");
         if !dports.is_empty() || !policy.transforms.is_empty() {
             let _ = writeln!(b, "add rule {TABLE} {input} tcp dport {proxy} accept");
         }
@@ -532,6 +534,11 @@ mod tests {
         assert!(
             b.contains("egn-0123456789ab udp dport 53 redirect to :5353"),
             "{b}"
+        );
+        assert!(
+            b.contains("egn-0123456789ab tcp dport 53 redirect to :5353")
+                && b.contains("egi-0123456789ab tcp dport 5353 accept"),
+            "DNS over TCP goes to the resolver too: {b}"
         );
         assert!(b.contains("tcp dport { 80, 443 } redirect to :3128"), "{b}");
         assert!(b.contains("egi-0123456789ab tcp dport 3128 accept"), "{b}");

@@ -1,8 +1,9 @@
 //! Domain rules, per node: the DNS resolver every sandbox's DNS is redirected to, and the
 //! egress proxy its TCP connections to domain-rule ports are redirected to.
 //!
-//! The resolver answers only names the sandbox's policy allows (others get REFUSED), by asking
-//! the upstream resolver, and records which addresses each allowed name resolved to, for the
+//! The resolver (UDP and TCP, on one port) answers only names the sandbox's policy allows
+//! (others get REFUSED), by asking the upstream resolver over the same transport (a client
+//! retries over TCP when a UDP answer was truncated), and records which addresses each allowed name resolved to, for the
 //! answer's TTL. The proxy reads the TLS SNI or HTTP `Host` of each connection, and admits it
 //! only if the name is allowed on the port dialled and resolved (for this sandbox) to the
 //! address dialled; then it connects there and splices the bytes.
@@ -61,6 +62,42 @@ pub struct Node {
     tls: Option<NodeTls>,
 }
 
+/// How long a DNS-over-TCP connection may sit idle between two queries.
+const DNS_TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The resolver's UDP socket and TCP listener on one port (`port` 0: any port free for both).
+async fn bind_dns(port: u16) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..if port == 0 { 20 } else { 1 } {
+        let udp = UdpSocket::bind(("0.0.0.0", port)).await?;
+        match TcpListener::bind(("0.0.0.0", udp.local_addr()?.port())).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port for the resolver")))
+}
+
+/// Reads one length-prefixed DNS message; `None` at EOF, on error or after `idle`.
+async fn read_framed(conn: &mut TcpStream, idle: Duration) -> Option<Vec<u8>> {
+    let read = async {
+        let len = conn.read_u16().await.ok()?;
+        let mut msg = vec![0u8; usize::from(len)];
+        conn.read_exact(&mut msg).await.ok()?;
+        Some(msg)
+    };
+    tokio::time::timeout(idle, read).await.ok().flatten()
+}
+
+async fn write_framed(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len =
+        u16::try_from(msg.len()).map_err(|_| std::io::Error::other("DNS message too long"))?;
+    let mut framed = Vec::with_capacity(msg.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(msg);
+    conn.write_all(&framed).await
+}
+
 /// Longest a resolved address stays admitted, whatever the TTL said; and the least.
 const MAX_TTL: u64 = 3600;
 const MIN_TTL: u64 = 30;
@@ -75,7 +112,7 @@ impl Node {
         proxy_port: u16,
         tls: Option<NodeTls>,
     ) -> std::io::Result<Arc<Node>> {
-        let udp = UdpSocket::bind(("0.0.0.0", dns_port)).await?;
+        let (udp, dns_tcp) = bind_dns(dns_port).await?;
         let tcp = TcpListener::bind(("0.0.0.0", proxy_port)).await?;
         let node = Arc::new(Node {
             dns_port: udp.local_addr()?.port(),
@@ -89,6 +126,7 @@ impl Node {
         crate::DOMAINS.store(true, Ordering::Relaxed);
         crate::TRANSFORMS.store(node.tls.is_some(), Ordering::Relaxed);
         tokio::spawn(node.clone().serve_dns(Arc::new(udp)));
+        tokio::spawn(node.clone().serve_dns_tcp(dns_tcp));
         tokio::spawn(node.clone().serve_proxy(tcp));
         Ok(node)
     }
@@ -162,13 +200,59 @@ impl Node {
             let query = buf[..n].to_vec();
             let (me, sock) = (self.clone(), sock.clone());
             tokio::spawn(async move {
-                let reply = me.resolve(&entry, &query).await;
+                let reply = me.resolve(&entry, &query, false).await;
                 let _ = sock.send_to(&reply, peer).await;
             });
         }
     }
 
-    async fn resolve(&self, entry: &Entry, query: &[u8]) -> Vec<u8> {
+    /// DNS over TCP (RFC 7766): length-prefixed messages, several per connection.
+    async fn serve_dns_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((mut conn, peer)) = listener.accept().await else {
+                continue;
+            };
+            let Some(entry) = self.entry(peer.ip()) else {
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(query) = read_framed(&mut conn, DNS_TCP_IDLE).await {
+                    let reply = me.resolve(&entry, &query, true).await;
+                    if write_framed(&mut conn, &reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// One exchange with the upstream resolver, over TCP or UDP.
+    async fn ask_upstream(&self, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        if tcp {
+            let exchange = async {
+                let mut up = TcpStream::connect(self.upstream).await.ok()?;
+                write_framed(&mut up, query).await.ok()?;
+                read_framed(&mut up, Duration::from_secs(3)).await
+            };
+            return tokio::time::timeout(Duration::from_secs(5), exchange)
+                .await
+                .ok()
+                .flatten();
+        }
+        let up = UdpSocket::bind("0.0.0.0:0").await.ok()?;
+        up.connect(self.upstream).await.ok()?;
+        up.send(query).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), up.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    async fn resolve(&self, entry: &Entry, query: &[u8], tcp: bool) -> Vec<u8> {
         let Some((name, _qtype, _)) = dns::question(query) else {
             return dns::refuse(query, 1);
         };
@@ -182,19 +266,7 @@ impl Node {
             debug!(sandbox = %entry.short, %name, "dns refused");
             return dns::refuse(query, 5);
         }
-        let answer = async {
-            let up = UdpSocket::bind("0.0.0.0:0").await.ok()?;
-            up.connect(self.upstream).await.ok()?;
-            up.send(query).await.ok()?;
-            let mut buf = vec![0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(3), up.recv(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            buf.truncate(n);
-            Some(buf)
-        }
-        .await;
+        let answer = self.ask_upstream(query, tcp).await;
         let Some(answer) = answer else {
             return dns::refuse(query, 2);
         };
