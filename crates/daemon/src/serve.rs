@@ -315,19 +315,27 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     engine.reapply_egress().await;
     tokio::spawn(engine.clone().watch(Duration::from_secs(2)));
     {
+        // The shared nftables table: re-installed when `nft monitor` reports it (or a base
+        // object) gone, and checked every 30 s in case an event was missed.
+        let e = engine.clone();
+        let lost = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(sandboxd_egress::nft::watch_base(lost.clone()));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = lost.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                e.reconcile_egress().await;
+            }
+        });
         let e = engine.clone();
         tokio::spawn(async move {
             let mut seen = std::collections::HashMap::new();
-            let mut tick: u32 = 0;
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                e.reconcile_egress().await;
-                tick += 1;
-                if tick == 20 {
-                    tick = 0;
-                    // Denied packets, logged at most once per 10 s per sandbox.
-                    e.log_egress_denials(&mut seen).await;
-                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                // Denied packets, logged at most once per 10 s per sandbox.
+                e.log_egress_denials(&mut seen).await;
             }
         });
     }

@@ -1013,3 +1013,43 @@ fn bench_proxy_path_latency() {
     );
     let _ = std::fs::remove_file(&ca_file);
 }
+
+/// What a daemon of an older version does at its start (deletes and recreates the shared
+/// table): this daemon hears of it from `nft monitor` and re-installs its base and every
+/// policy at once (the fallback check runs only every 30 s).
+#[test]
+fn a_deleted_shared_table_is_reinstalled_at_once() {
+    let d = start();
+    let inet = Internet::new(d.octet);
+    let (a2, a3) = (inet.ip(2), inet.ip(3));
+    inet.http(SocketAddr::new(a2.into(), 8080));
+    inet.http(SocketAddr::new(a3.into(), 8080));
+    let sb = d.create(json!({"sandbox_template_id": "sb-debian-12-python",
+        "egress": {"mode": "allow_list", "allow": [{"host": a2.to_string(), "ports": [8080], "protocol": "TCP"}]}}));
+    let id = sb["id"].as_str().unwrap();
+    let short: String = id.chars().filter(|c| *c != '-').take(12).collect();
+    let allowed = format!("http://{a2}:8080/");
+    fetch_ok(&d, id, &allowed);
+
+    sh(&["nft", "delete", "table", "inet", "sandboxd"]);
+    let t = std::time::Instant::now();
+    loop {
+        let out = Command::new("nft")
+            .args(["list", "map", "inet", "sandboxd", "egress_fwd"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("s-{short}")) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the policy was not re-installed\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("re-installed {:?} after the table was deleted", t.elapsed());
+    assert!(d.log().contains("re-installing"), "{}", d.log());
+    assert_eq!(fetch_ok(&d, id, &allowed), format!("hello {a2}:8080\n"));
+    assert_eq!(fetch(&d, id, &format!("http://{a3}:8080/")), None);
+}

@@ -95,6 +95,67 @@ pub fn base_present() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a line of `nft monitor` may mean the base is gone: the table deleted or flushed
+/// (an older daemon recreating it, `nft flush ruleset`), or one of its base maps or chains
+/// deleted. A sandbox's own objects coming and going do not count.
+pub fn base_event(line: &str) -> bool {
+    let line = line.trim();
+    let ours = |rest: &str| rest == "inet sandboxd" || rest.starts_with("inet sandboxd ");
+    if let Some(rest) = line
+        .strip_prefix("delete table ")
+        .or_else(|| line.strip_prefix("flush table "))
+    {
+        return ours(rest);
+    }
+    for kind in ["map", "chain", "set"] {
+        if let Some(rest) = line.strip_prefix(&format!("delete {kind} inet sandboxd ")) {
+            let name = rest.split_whitespace().next().unwrap_or("");
+            return BASE_OBJECTS.contains(&name);
+        }
+    }
+    line == "flush ruleset"
+}
+
+/// The objects of the base batch whose loss [`base_event`] reports.
+const BASE_OBJECTS: &[&str] = &[
+    "egress_fwd",
+    "egress_in",
+    "egress_nat",
+    "egress_masq",
+    "forward",
+    "input",
+    "prerouting",
+    "postrouting",
+];
+
+/// Follows `nft monitor` and wakes `on_loss` whenever [`base_event`] says the base may be
+/// gone (and once at every (re)start of the monitor, for what it could have missed). A
+/// monitor that ends is restarted after a second. Runs until the process ends.
+pub async fn watch_base(on_loss: std::sync::Arc<tokio::sync::Notify>) {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let child = tokio::process::Command::new("nft")
+            .arg("monitor")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        if let Ok(mut child) = child {
+            on_loss.notify_one();
+            if let Some(out) = child.stdout.take() {
+                let mut lines = tokio::io::BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if base_event(&line) {
+                        on_loss.notify_one();
+                    }
+                }
+            }
+            let _ = child.kill().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// Where one sandbox sits.
 #[derive(Debug, Clone, Copy)]
 pub struct Attach<'a> {
@@ -459,6 +520,30 @@ pub fn denied_total(short: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_events() {
+        for yes in [
+            "delete table inet sandboxd",
+            "flush table inet sandboxd",
+            "delete map inet sandboxd egress_fwd",
+            "delete chain inet sandboxd forward",
+            "flush ruleset",
+        ] {
+            assert!(base_event(yes), "{yes}");
+        }
+        for no in [
+            "add table inet sandboxd",
+            "delete table inet other",
+            "delete table inet sandboxd2",
+            "delete chain inet sandboxd eg-0123456789ab",
+            "delete set inet sandboxd eg-0123456789ab-a",
+            "delete element inet sandboxd egress_fwd { \"s-0123456789ab\" }",
+            "# new generation 6975 by process 14605 (nft)",
+        ] {
+            assert!(!base_event(no), "{no}");
+        }
+    }
 
     #[test]
     fn removal_deletes_only_what_the_table_holds() {
