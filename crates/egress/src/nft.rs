@@ -134,12 +134,23 @@ const BASE_OBJECTS: &[&str] = &[
 pub async fn watch_base(on_loss: std::sync::Arc<tokio::sync::Notify>) {
     use tokio::io::AsyncBufReadExt;
     loop {
-        let child = tokio::process::Command::new("nft")
-            .arg("monitor")
+        let mut cmd = tokio::process::Command::new("nft");
+        cmd.arg("monitor")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
+            .kill_on_drop(true);
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // prctl(2), which is async-signal-safe; it touches no memory of the parent. The
+        // monitor then dies with the daemon even when the daemon is SIGKILLed.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn();
         if let Ok(mut child) = child {
             on_loss.notify_one();
             if let Some(out) = child.stdout.take() {
