@@ -145,6 +145,10 @@ pub struct FileInfo {
 pub enum Reply {
     Pong {
         version: String,
+        /// Processes the agent's memory watchdog has killed since it started (older
+        /// agents do not send it).
+        #[serde(default)]
+        oom_kills: u64,
     },
     Started(ProcInfo),
     Exec {

@@ -69,6 +69,8 @@ struct Table {
 pub struct Agent {
     table: Mutex<Table>,
     changed: Condvar,
+    /// Process groups the memory watchdog killed.
+    oom_kills: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -347,6 +349,7 @@ impl Agent {
     /// backstop that would take the whole sandbox down.
     pub fn run_memory_watchdog(self: &Arc<Self>, limit: u64) {
         let own = std::process::id() as i32;
+        let mut last_victim = None;
         loop {
             thread::sleep(Duration::from_millis(20));
             let usage = crate::memory::scan();
@@ -383,6 +386,12 @@ impl Agent {
                 });
             }
             drop(table);
+            // A group still dying is picked again at the next scan: count it once.
+            if last_victim != Some(victim) {
+                last_victim = Some(victim);
+                self.oom_kills
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             // SAFETY: kill has no memory-safety preconditions; -victim names a process group.
             unsafe {
                 libc::kill(-victim, libc::SIGKILL);
@@ -473,6 +482,7 @@ impl Agent {
         let reply = match req {
             Request::Ping => Reply::Pong {
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                oom_kills: self.oom_kills.load(std::sync::atomic::Ordering::Relaxed),
             },
             Request::Start(spec) => match self.start(spec) {
                 Ok(i) => Reply::Started(i),

@@ -14,10 +14,17 @@ use sandboxd_metrics::sample::{HostReading, Tracker};
 use sandboxd_metrics::{Hub, Metric};
 use tracing::warn;
 
+/// How long the sampler waits for a sandbox's agent to answer its `Ping`.
+const AGENT_TIMEOUT: Duration = Duration::from_millis(200);
+/// How often the sampler asks each agent for its watchdog's OOM kills.
+const AGENT_EVERY: Duration = Duration::from_secs(10);
+
 pub struct Sampler {
     engine: Arc<Engine>,
     hub: Arc<Hub>,
     trackers: HashMap<SandboxId, Tracker>,
+    /// When each sandbox's agent was last asked for its watchdog count.
+    agent_asked: HashMap<SandboxId, Instant>,
     passes: u64,
 }
 
@@ -32,6 +39,7 @@ fn reading(u: &sandboxd_runtime::Usage) -> HostReading {
         net_rx_bytes: u.net_rx_bytes,
         net_tx_bytes: u.net_tx_bytes,
         cgroup_oom_kills: u.oom_kills,
+        agent_oom_kills: 0,
         egress_denied: 0,
     }
 }
@@ -60,6 +68,7 @@ impl Sampler {
             engine,
             hub,
             trackers: HashMap::new(),
+            agent_asked: HashMap::new(),
             passes: 0,
         }
     }
@@ -91,9 +100,26 @@ impl Sampler {
                 )
             });
             let host = if o.state.expects_container() {
-                self.engine.host_usage(o.id).ok().map(|u| HostReading {
-                    egress_denied: denied.get(&o.id).copied().unwrap_or(0),
-                    ..reading(&u)
+                self.engine.host_usage(o.id).ok().map(|u| {
+                    // The agent is asked at most every AGENT_EVERY (a TCP round trip into the
+                    // sandbox); in between, and when it does not answer, its last count holds.
+                    let due = self
+                        .agent_asked
+                        .get(&o.id)
+                        .is_none_or(|at| at.elapsed() >= AGENT_EVERY);
+                    let fresh = if due {
+                        self.agent_asked.insert(o.id, Instant::now());
+                        o.net
+                            .and_then(|n| self.engine.agent_oom_kills(n, AGENT_TIMEOUT))
+                    } else {
+                        None
+                    };
+                    let agent = fresh.unwrap_or_else(|| t.agent_oom_kills_seen());
+                    HostReading {
+                        egress_denied: denied.get(&o.id).copied().unwrap_or(0),
+                        agent_oom_kills: agent,
+                        ..reading(&u)
+                    }
                 })
             } else {
                 None
@@ -108,6 +134,8 @@ impl Sampler {
             rows.push((id, s));
         }
         self.trackers
+            .retain(|id, _| observed.iter().any(|o| o.id == *id));
+        self.agent_asked
             .retain(|id, _| observed.iter().any(|o| o.id == *id));
         self.hub.store.record(now_ms, &rows)?;
         self.passes += 1;

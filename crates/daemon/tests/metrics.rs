@@ -187,6 +187,27 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
     assert_eq!(max_of(&points(&v, "restarts")), 0.0);
     assert_eq!(max_of(&points(&v, "oom_kills")), 0.0);
 
+    // A process over the sandbox's memory: the agent's watchdog kills it (the sandbox lives
+    // on), and oom_kills counts it.
+    let (exit, _, err) = d.exec(
+        id,
+        "python3",
+        &[
+            "-c",
+            "b = bytearray(1536 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1",
+        ],
+    );
+    assert_eq!(
+        (exit["exit_code"].as_i64(), exit["oom_killed"].as_bool()),
+        (Some(137), Some(true)),
+        "{err}"
+    );
+    // The sampler asks the agent at most every 10 s.
+    let v = wait_for(&d, id, 15, "the kill counted", |v| {
+        points(v, "oom_kills").last().map(|p| p.1) == Some(1.0)
+    });
+    assert_eq!(max_of(&points(&v, "phase")), 1.0, "still Ready");
+
     // NeevCloud's default egress is deny-all: a connection attempt is dropped at the host and
     // counted. The address is in this daemon's test range (its egress ceiling); nothing is there.
     let target = format!("198.18.{}.9", d.octet);
@@ -535,7 +556,12 @@ fn sampler_overhead() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let prom = free_port();
-    let d = start(prom);
+    // Admission would stop at 8 vCPU per core; this bench wants many idle sandboxes.
+    let d = Daemon::start_with(&[
+        "--metrics-interval-secs=1",
+        &format!("--prometheus-listen=127.0.0.1:{prom}"),
+        "--node-cpu-millis=1000000",
+    ]);
     for i in 0..n {
         d.create(json!({"name": format!("b{i}"), "sandbox_template_id": "sb-busybox"}));
     }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use sandboxd_agent::proto::{Reply, Request};
 use sandboxd_core::{SandboxId, SandboxState};
 use sandboxd_runtime::Usage;
 
@@ -55,6 +56,8 @@ pub struct Observed {
     pub id: SandboxId,
     pub state: SandboxState,
     pub lifecycle: Lifecycle,
+    /// Its network slot, if it holds one (where its agent answers).
+    pub net: Option<sandboxd_core::NetSlot>,
 }
 
 impl Engine {
@@ -68,6 +71,7 @@ impl Engine {
                 id: sb.id,
                 state: sb.state,
                 lifecycle: self.lifecycle.get(sb.id),
+                net: sb.net,
             })
             .collect())
     }
@@ -76,5 +80,30 @@ impl Engine {
     /// Blocking: file reads only, no commands.
     pub fn host_usage(&self, id: SandboxId) -> Result<Usage, EngineError> {
         Ok(self.runtime.usage(&id.to_string())?)
+    }
+
+    /// Processes the agent's memory watchdog killed in this sandbox since the agent started
+    /// (it carries over a pause/resume with memory; a cold start resets it). Blocking: one
+    /// `Ping` over TCP, at most ~`timeout` twice. `None` if the agent does not answer.
+    pub fn agent_oom_kills(
+        &self,
+        net: sandboxd_core::NetSlot,
+        timeout: std::time::Duration,
+    ) -> Option<u64> {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&crate::agent_addr(net), timeout).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        let _ = s.set_nodelay(true);
+        let mut line = serde_json::to_vec(&Request::Ping).ok()?;
+        line.push(b'\n');
+        s.write_all(&line).ok()?;
+        let mut reply = Vec::new();
+        std::io::BufReader::new(s)
+            .read_until(b'\n', &mut reply)
+            .ok()?;
+        match serde_json::from_slice(&reply).ok()? {
+            Reply::Pong { oom_kills, .. } => Some(oom_kills),
+            _ => None,
+        }
     }
 }

@@ -20,8 +20,34 @@ pub struct HostReading {
     pub net_tx_bytes: u64,
     /// OOM kills in its current cgroup.
     pub cgroup_oom_kills: u64,
+    /// Processes its agent's memory watchdog killed (since the agent started).
+    pub agent_oom_kills: u64,
     /// Connections and packets its egress policy refused (firewall drops + proxy refusals).
     pub egress_denied: u64,
+}
+
+/// A counter the host may reset (a new cgroup, a new agent) made monotonic: when a reading
+/// falls below the previous one, the previous total is carried into the base.
+#[derive(Debug, Clone, Copy, Default)]
+struct Monotonic {
+    base: u64,
+    prev: Option<u64>,
+}
+
+impl Monotonic {
+    fn update(&mut self, live: u64) -> u64 {
+        if let Some(p) = self.prev {
+            if live < p {
+                self.base += p;
+            }
+        }
+        self.prev = Some(live);
+        self.base + live
+    }
+
+    fn value(&self) -> u64 {
+        self.base + self.prev.unwrap_or(0)
+    }
 }
 
 /// Per-sandbox state between samples.
@@ -32,15 +58,26 @@ pub struct Tracker {
     /// Lifecycle counts recorded before this process started (from the store).
     pub restarts_base: f64,
     pub oom_base: f64,
+    /// The stored OOM count already includes the live counters of the container this
+    /// process finds running: taken out at its first reading.
+    oom_base_has_live: bool,
+    cgroup_ooms: Monotonic,
+    agent_ooms: Monotonic,
 }
 
 impl Tracker {
+    /// The agent watchdog count last read (0 before any).
+    pub fn agent_oom_kills_seen(&self) -> u64 {
+        self.agent_ooms.prev.unwrap_or(0)
+    }
+
     /// A tracker resuming counts from the last stored values.
     pub fn resume(restarts: Option<f64>, oom_kills: Option<f64>) -> Self {
         Tracker {
-            prev_cpu: None,
             restarts_base: restarts.unwrap_or(0.0),
             oom_base: oom_kills.unwrap_or(0.0),
+            oom_base_has_live: oom_kills.is_some(),
+            ..Tracker::default()
         }
     }
 
@@ -57,7 +94,17 @@ impl Tracker {
         let mut s: Sample = [None; Metric::COUNT];
         s[Metric::Phase as usize] = Some(phase_code(state));
         s[Metric::Restarts as usize] = Some(self.restarts_base + restarts as f64);
-        let live_ooms = host.map_or(0, |h| h.cgroup_oom_kills);
+        // OOM kills: the kernel's in the sandbox's cgroup, the agent watchdog's, and deaths of
+        // the whole sandbox; each counter kept monotonic over resets.
+        if let Some(h) = host {
+            if std::mem::take(&mut self.oom_base_has_live) {
+                let live = (h.cgroup_oom_kills + h.agent_oom_kills) as f64;
+                self.oom_base = (self.oom_base - live).max(0.0);
+            }
+            self.cgroup_ooms.update(h.cgroup_oom_kills);
+            self.agent_ooms.update(h.agent_oom_kills);
+        }
+        let live_ooms = self.cgroup_ooms.value() + self.agent_ooms.value();
         s[Metric::OomKills as usize] = Some(self.oom_base + (oom_deaths + live_ooms) as f64);
         let Some(h) = host else {
             self.prev_cpu = None;
@@ -130,6 +177,52 @@ mod tests {
         assert_eq!(s[Metric::OomKills as usize], Some(1.0));
         assert_eq!(s[Metric::CpuUsageCores as usize], None);
         assert_eq!(s[Metric::MemoryUsageBytes as usize], None);
+    }
+
+    #[test]
+    fn oom_kills_stay_monotonic_over_resets_and_restarts() {
+        let h = |cg, ag| HostReading {
+            cgroup_oom_kills: cg,
+            agent_oom_kills: ag,
+            ..Default::default()
+        };
+        let oom = |s: Sample| s[Metric::OomKills as usize].unwrap();
+        let mut t = Tracker::default();
+        assert_eq!(
+            oom(t.sample(1, SandboxState::Running, Some(&h(1, 2)), 0, 0)),
+            3.0
+        );
+        // Paused: no reading; the count holds.
+        assert_eq!(oom(t.sample(2, SandboxState::Paused, None, 0, 0)), 3.0);
+        // Resumed with memory: a new cgroup (0), the same agent (2, then 3).
+        assert_eq!(
+            oom(t.sample(3, SandboxState::Running, Some(&h(0, 2)), 1, 0)),
+            3.0
+        );
+        assert_eq!(
+            oom(t.sample(4, SandboxState::Running, Some(&h(0, 3)), 1, 0)),
+            4.0
+        );
+        // Cold start: both reset.
+        assert_eq!(
+            oom(t.sample(5, SandboxState::Running, Some(&h(0, 0)), 2, 0)),
+            4.0
+        );
+        assert_eq!(
+            oom(t.sample(6, SandboxState::Running, Some(&h(1, 0)), 2, 1)),
+            6.0
+        );
+
+        // A daemon restart finds the same container: the stored 6 already counts its 1 + 0.
+        let mut t = Tracker::resume(Some(0.0), Some(6.0));
+        assert_eq!(
+            oom(t.sample(7, SandboxState::Running, Some(&h(1, 0)), 0, 0)),
+            6.0
+        );
+        assert_eq!(
+            oom(t.sample(8, SandboxState::Running, Some(&h(1, 1)), 0, 0)),
+            7.0
+        );
     }
 
     #[test]
