@@ -12,7 +12,7 @@ use common::{call, dp, try_call, Daemon};
 use serde_json::{json, Value};
 
 fn project(d: &Daemon) -> String {
-    format!("{}/api/v1beta1/orgs/default/projects/default", d.url)
+    d.project_url()
 }
 
 fn get_snapshot(d: &Daemon, id: &str) -> Value {
@@ -113,18 +113,6 @@ fn sandbox_names(d: &Daemon) -> Vec<String> {
 /// snapshots, as with any agent holding data.
 const COUNTER: &str = "import os, time\nhold = bytearray(os.urandom(48 << 20))\nn = 0\nwhile True:\n    n += 1\n    open('/workspace/n', 'w').write(str(n))\n    time.sleep(0.05)\n";
 
-fn read_counter(d: &Daemon, id: &str) -> u64 {
-    // Up to 10 s: the process first fills its 48 MiB.
-    for _ in 0..200 {
-        let (_, out, _) = d.exec(id, "cat /workspace/n", &[]);
-        if let Ok(n) = out.trim().parse() {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no counter in {id}")
-}
-
 #[test]
 fn memory_images_are_stored_once_restored_verified_and_collected() {
     let d = Daemon::start();
@@ -139,11 +127,11 @@ fn memory_images_are_stored_once_restored_verified_and_collected() {
     );
     assert_eq!(r.status, 200, "{}", r.raw);
     d.exec(&id, "echo v1 > /workspace/file", &[]);
-    read_counter(&d, &id);
+    d.read_counter(&id);
 
     // The first snapshot's image goes into the store whole; the plain copy goes away.
     let a = snapshot(&d, &id, "a");
-    let at_a = read_counter(&d, &id);
+    let at_a = d.read_counter(&id);
     assert!(at_a > 0);
     let sa = wait_archived(&d, &a);
     let (size_a, added_a) = (
@@ -179,7 +167,7 @@ fn memory_images_are_stored_once_restored_verified_and_collected() {
     );
     assert_eq!(r.status, 201, "{}", r.raw);
     let ra = r.body["id"].as_str().unwrap().to_string();
-    let n = read_counter(&d, &ra);
+    let n = d.read_counter(&ra);
     assert!(
         n >= at_a.saturating_sub(20) && n < at_a + 100,
         "{n} vs {at_a}"
@@ -233,7 +221,7 @@ fn memory_images_are_stored_once_restored_verified_and_collected() {
     assert!(leftovers(&d.data_dir.join("images")).is_empty());
 
     // In place: the origin keeps running, untouched.
-    let before = read_counter(&d, &id);
+    let before = d.read_counter(&id);
     let r = call(
         &d.key,
         "POST",
@@ -243,10 +231,7 @@ fn memory_images_are_stored_once_restored_verified_and_collected() {
     assert_eq!(r.status, 500, "{}", r.raw);
     assert!(r.raw.contains("failed verification"), "{}", r.raw);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        read_counter(&d, &id) > before,
-        "the origin stopped counting"
-    );
+    assert!(d.read_counter(&id) > before, "the origin stopped counting");
     let (_, f, _) = d.exec(&id, "cat /workspace/file", &[]);
     assert_eq!(f, "v2\n");
     let r = call(
@@ -275,9 +260,9 @@ fn memory_images_are_stored_once_restored_verified_and_collected() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!manifest(&d, &a).exists() && !manifest(&d, &b).exists());
-    let before = read_counter(&d, &ra);
+    let before = d.read_counter(&ra);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(read_counter(&d, &ra) > before);
+    assert!(d.read_counter(&ra) > before);
 }
 
 #[test]

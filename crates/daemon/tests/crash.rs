@@ -44,7 +44,7 @@ const CASES: &[(Op, &str)] = &[
 ];
 
 fn project(d: &Daemon) -> String {
-    format!("{}/api/v1beta1/orgs/default/projects/default", d.url)
+    d.project_url()
 }
 
 fn get_sandbox(d: &Daemon, id: &str) -> Value {

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{call, call_raw, dp, exec_as, Daemon};
+use common::{call, call_raw, dp, exec_as, Daemon, COUNTER};
 use serde_json::{json, Value};
 
 #[test]
@@ -555,9 +555,6 @@ fn templates_are_listed_and_keepalive_timeout_audit_work() {
     );
 }
 
-/// A Python process counting in memory: `n` lives only in the process, a file mirrors it.
-const COUNTER: &str = "import time\nn = 0\nwhile True:\n    n += 1\n    open('/workspace/n', 'w').write(str(n))\n    time.sleep(0.05)\n";
-
 fn start_counter(d: &Daemon, id: &str) {
     let r = dp(
         &d.url,
@@ -569,20 +566,6 @@ fn start_counter(d: &Daemon, id: &str) {
     assert_eq!(r.status, 200, "{}", r.raw);
 }
 
-fn read_counter(d: &Daemon, id: &str) -> u64 {
-    // The counter rewrites the file (truncate, then write): retry over an empty read.
-    let mut last = (String::new(), String::new());
-    for _ in 0..20 {
-        let (_, out, err) = d.exec(id, "cat /workspace/n", &[]);
-        if let Ok(n) = out.trim().parse() {
-            return n;
-        }
-        last = (out, err);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("counter: {last:?}")
-}
-
 #[test]
 fn pause_with_memory_resumes_processes_and_without_keeps_only_files() {
     let d = Daemon::start();
@@ -591,7 +574,7 @@ fn pause_with_memory_resumes_processes_and_without_keeps_only_files() {
     let base = format!("{}/{id}", d.sandboxes_url("default", "default"));
     start_counter(&d, id);
     std::thread::sleep(Duration::from_millis(600));
-    let before = read_counter(&d, id);
+    let before = d.read_counter(id);
     assert!(before > 0);
 
     let p = call(&d.key, "POST", &format!("{base}/pause"), Some(json!({})));
@@ -626,7 +609,7 @@ fn pause_with_memory_resumes_processes_and_without_keeps_only_files() {
         r.raw
     );
     std::thread::sleep(Duration::from_millis(300));
-    let after = read_counter(&d, id);
+    let after = d.read_counter(id);
     // The process came back with its memory: it continues from where it was, not from 1.
     assert!(
         after > paused_at,
@@ -647,10 +630,10 @@ fn pause_with_memory_resumes_processes_and_without_keeps_only_files() {
     assert_eq!(p.status, 200, "{}", p.raw);
     let r = call(&d.key, "POST", &format!("{base}/resume"), None);
     assert_eq!(r.status, 200, "{}", r.raw);
-    let frozen = read_counter(&d, id);
+    let frozen = d.read_counter(id);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        read_counter(&d, id),
+        d.read_counter(id),
         frozen,
         "no counter process after a cold resume"
     );
@@ -742,7 +725,7 @@ fn memory_snapshots_restore_as_new_fork_and_roll_back() {
     let rid = r.body["id"].as_str().unwrap().to_string();
     assert_ne!(rid, id);
     std::thread::sleep(Duration::from_millis(300));
-    let n = read_counter(&d, &rid);
+    let n = d.read_counter(&rid);
     assert!(
         n > at_snapshot && n < at_snapshot + 100,
         "restored counter {n}, snapshot at {at_snapshot}"
@@ -762,10 +745,10 @@ fn memory_snapshots_restore_as_new_fork_and_roll_back() {
     d.exec(&fid, "echo fork-only > /workspace/file", &[]);
     let (_, orig_file, _) = d.exec(id, "cat /workspace/file", &[]);
     assert_eq!(orig_file, "v1\n");
-    let (a1, b1) = (read_counter(&d, id), read_counter(&d, &fid));
+    let (a1, b1) = (d.read_counter(id), d.read_counter(&fid));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        read_counter(&d, id) > a1 && read_counter(&d, &fid) > b1,
+        d.read_counter(id) > a1 && d.read_counter(&fid) > b1,
         "both keep counting"
     );
     let fork_twice = call(
@@ -793,7 +776,7 @@ fn memory_snapshots_restore_as_new_fork_and_roll_back() {
     );
     let (_, file, _) = d.exec(id, "cat /workspace/file", &[]);
     assert_eq!(file, "v1\n");
-    let n = read_counter(&d, id);
+    let n = d.read_counter(id);
     assert!(
         n < at_snapshot + 100,
         "rolled back counter {n}, snapshot at {at_snapshot}"
@@ -817,7 +800,7 @@ fn memory_snapshots_restore_as_new_fork_and_roll_back() {
         Some(json!({"name": "too-late", "from_snapshot": snap_id})),
     );
     assert_eq!(again.status, 404);
-    assert!(read_counter(&d, &rid) > 0);
+    assert!(d.read_counter(&rid) > 0);
     // A sandbox can be deleted without affecting its snapshots.
     let keep = call(
         &d.key,

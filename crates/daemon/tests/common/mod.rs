@@ -57,6 +57,10 @@ pub fn templates_dir() -> PathBuf {
     p
 }
 
+/// A Python process counting in memory: `n` lives only in the process, a file mirrors it.
+#[allow(dead_code)]
+pub const COUNTER: &str = "import time\nn = 0\nwhile True:\n    n += 1\n    open('/workspace/n', 'w').write(str(n))\n    time.sleep(0.05)\n";
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub data_dir: PathBuf,
@@ -187,6 +191,26 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The NeevCloud project URL of default/default.
+    pub fn project_url(&self) -> String {
+        format!("{}/api/v1beta1/orgs/default/projects/default", self.url)
+    }
+
+    /// The in-memory count of a [`COUNTER`] process, read from the file it mirrors (which it
+    /// truncates and rewrites: an empty read is retried, for up to 10 s while it starts).
+    pub fn read_counter(&self, id: &str) -> u64 {
+        let mut last = (String::new(), String::new());
+        for _ in 0..200 {
+            let (_, out, err) = self.exec(id, "cat /workspace/n", &[]);
+            if let Ok(n) = out.trim().parse() {
+                return n;
+            }
+            last = (out, err);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("counter in {id}: {last:?}")
     }
 
     pub fn sandboxes_url(&self, org: &str, project: &str) -> String {
