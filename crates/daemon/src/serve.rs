@@ -71,9 +71,11 @@ pub struct ServeArgs {
     /// How often the snapshot scheduler checks `snapshot_mode: automatic` sandboxes, in seconds.
     #[arg(long, env = "SANDBOXD_SNAPSHOT_SCHEDULE_SECS", default_value_t = 10)]
     pub snapshot_schedule_secs: u64,
-    /// Destinations any sandbox of this node may ever reach, comma-separated IPv4 CIDRs; every
-    /// egress policy (allow-all included) is clamped to them.
-    #[arg(long, env = "SANDBOXD_EGRESS_CEILING", default_value = "0.0.0.0/0", value_parser = parse_ceiling)]
+    /// Destinations any sandbox of this node may ever reach, comma-separated IPv4 CIDRs or
+    /// `public` (the public internet: no private, shared, benchmarking, documentation or
+    /// reserved range); every egress policy (allow-all included) is clamped to them. Pass
+    /// `0.0.0.0/0` to let policies admit the networks around the host too.
+    #[arg(long, env = "SANDBOXD_EGRESS_CEILING", default_value = "public", value_parser = parse_ceiling)]
     pub egress_ceiling: Ceiling,
     /// Upstream DNS resolver (`ip` or `ip:port`) for the node's egress resolver. Given, the
     /// node runs the resolver and the SNI/Host proxy that enforce domain rules; absent,
@@ -119,6 +121,10 @@ pub struct Ceiling(pub Vec<sandboxd_egress::Net4>);
 fn parse_ceiling(s: &str) -> Result<Ceiling, String> {
     let mut out = Vec::new();
     for c in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        if c == "public" {
+            out.extend(sandboxd_egress::policy::public_internet());
+            continue;
+        }
         let (a, l) = c.split_once('/').unwrap_or((c, "32"));
         let ip: std::net::Ipv4Addr = a.parse().map_err(|_| format!("{c}: not an IPv4 CIDR"))?;
         let len: u8 = l

@@ -170,6 +170,64 @@ pub struct Policy {
 /// base chains, whatever the destination address.
 pub const ALWAYS_DENIED: &[&str] = &["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"];
 
+/// Special-purpose IPv4 ranges (RFC 6890 and successors) that are not the public internet:
+/// private networks, shared address space (CGNAT), benchmarking, documentation, protocol
+/// assignments, reserved; plus [`ALWAYS_DENIED`].
+pub const NOT_PUBLIC: &[&str] = &[
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+];
+
+fn parse_static(n: &str) -> Net4 {
+    let (a, l) = n.split_once('/').expect("static cidr");
+    Net4::new(
+        a.parse().expect("static cidr"),
+        l.parse().expect("static cidr"),
+    )
+}
+
+/// The public IPv4 internet as CIDRs: 0.0.0.0/0 without [`NOT_PUBLIC`] and
+/// [`ALWAYS_DENIED`] (the default egress ceiling: a sandbox reaches the internet, never the
+/// networks around its host).
+pub fn public_internet() -> Vec<Net4> {
+    let holes: Vec<Net4> = NOT_PUBLIC
+        .iter()
+        .chain(ALWAYS_DENIED)
+        .map(|n| parse_static(n))
+        .collect();
+    let overlaps = |a: Net4, b: Net4| {
+        let l = a.len.min(b.len);
+        u32::from(a.addr) & mask(l) == u32::from(b.addr) & mask(l)
+    };
+    let mut out = Vec::new();
+    let mut todo = vec![Net4::new(Ipv4Addr::UNSPECIFIED, 0)];
+    while let Some(n) = todo.pop() {
+        if !holes.iter().any(|h| overlaps(n, *h)) {
+            out.push(n);
+        } else if !holes.iter().any(|h| h.len <= n.len && h.contains(n.addr)) {
+            // Partly a hole: split in halves.
+            let half = 1u32 << (31 - u32::from(n.len));
+            todo.push(Net4::new(n.addr, n.len + 1));
+            todo.push(Net4::new(
+                Ipv4Addr::from(u32::from(n.addr) | half),
+                n.len + 1,
+            ));
+        }
+    }
+    out.sort_by_key(|n| u32::from(n.addr));
+    out
+}
+
 pub fn always_denied(ip: Ipv4Addr) -> bool {
     ALWAYS_DENIED.iter().any(|n| {
         let (a, l) = n.split_once('/').expect("static cidr");
@@ -390,6 +448,56 @@ fn strings(v: Option<&Value>) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_internet_has_no_private_or_special_address() {
+        let p = public_internet();
+        let inside = |ip: &str| p.iter().any(|n| n.contains(ip.parse().unwrap()));
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "9.255.255.255",
+            "11.0.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "192.167.255.255",
+            "192.169.0.0",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            "100.63.255.255",
+            "100.128.0.0",
+        ] {
+            assert!(inside(ip), "{ip} is public");
+        }
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "198.18.0.1",
+            "198.19.255.255",
+            "169.254.169.254",
+            "127.0.0.1",
+            "0.1.2.3",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.2.7",
+            "203.0.113.9",
+        ] {
+            assert!(!inside(ip), "{ip} is not public");
+        }
+        // Disjoint, and few enough for an nft interval set.
+        for (i, a) in p.iter().enumerate() {
+            for b in &p[i + 1..] {
+                assert!(!a.contains(b.addr) && !b.contains(a.addr), "{a} {b}");
+            }
+        }
+        assert!(p.len() < 200, "{} CIDRs", p.len());
+    }
     use serde_json::json;
 
     fn ip(s: &str) -> Ipv4Addr {
