@@ -431,3 +431,27 @@ def test_snapshot_kill_sandbox_after_and_generated_name(leap0_client, track):
     again = track.sandbox(c.snapshots.restore(snapshot_name=snap.name, auto_pause=True))
     assert (again.vcpu, again.memory, again.auto_pause) == (2, 768, True)
     assert again.filesystem.read_file(path="/workspace/k") == "kept"
+
+
+def test_presigned_url_exposes_a_port_until_deleted(leap0_client, track):
+    sb = track.sandbox(leap0_client.sandboxes.create())
+    sb.filesystem.write_file(path="/srv/hi.txt", content="from the sandbox\n")
+    serve = (
+        "python3 -c \"import functools, http.server as h, socketserver as s\n"
+        "s.ThreadingTCPServer(('0.0.0.0', 8000), "
+        "functools.partial(h.SimpleHTTPRequestHandler, directory='/srv')).serve_forever()\""
+        " > /dev/null 2>&1 &"
+    )
+    assert sb.process.execute(command=serve).exit_code == 0
+    url = sb.create_presigned_url(port=8000, expires_in=120)
+    assert url.port == 8000 and url.sandbox_id == sb.id and url.token in url.url
+
+    # Public: no API key on the request.
+    def fetch():
+        r = httpx.get(url.url + "hi.txt", timeout=10)
+        return r if r.status_code == 200 else None
+
+    r = wait_for(fetch, 15)
+    assert r is not None and r.text == "from the sandbox\n"
+    sb.delete_presigned_url(url.id)
+    assert httpx.get(url.url + "hi.txt", timeout=10).status_code == 404

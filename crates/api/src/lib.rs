@@ -12,6 +12,7 @@ pub mod error;
 mod leap0;
 mod neev;
 mod observe;
+mod preview;
 mod query;
 
 pub use observe::with_metrics;
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(neev::routes())
         .merge(dataplane::routes())
         .merge(leap0::routes())
+        .merge(preview::routes())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -7,6 +7,7 @@ pub mod cron;
 pub mod error;
 pub mod fault;
 pub mod lifetime;
+pub mod preview;
 pub mod resources;
 pub mod sandbox;
 pub mod snapshot;
@@ -16,6 +17,7 @@ pub mod validate;
 
 pub use error::CoreError;
 pub use lifetime::{Lifetime, OnIdle, TimeoutAction, Windows};
+pub use preview::PreviewUrl;
 pub use resources::Resources;
 pub use sandbox::{EnvVar, NetSlot, Sandbox, SandboxId};
 pub use snapshot::{Snapshot, SnapshotStatus};

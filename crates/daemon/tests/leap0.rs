@@ -731,3 +731,152 @@ fn another_orgs_key_sees_nothing() {
     );
     assert_eq!(l0(&d, "GET", "/v1/snapshots", None).body["total_items"], 1);
 }
+
+/// GET without any key (a preview URL is public); returns (status, body).
+fn get_public(url: &str) -> (u16, String) {
+    match common::agent().get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+#[test]
+fn presigned_urls_expose_a_sandbox_port_until_revoked_or_expired() {
+    let d = Daemon::start();
+    let sb = create(&d, json!({"template_name": "sb-debian-12-python"}));
+    let id = sb["id"].as_str().unwrap();
+    let (exit, _, err) = d.exec(
+        id,
+        "sh",
+        &["-c", "mkdir -p /srv && echo hello-preview > /srv/hi.txt"],
+    );
+    assert_eq!(exit["exit_code"], 0, "{err}");
+    let r = common::dp(
+        &d.url,
+        &d.key,
+        id,
+        "/v1/processes/start",
+        // Not `python3 -m http.server`: its bind looks up the host's FQDN, which waits for
+        // DNS; a plain TCPServer listens at once.
+        json!({"program": "python3", "args": ["-c", "import functools, http.server as h, socketserver as s\ns.ThreadingTCPServer.allow_reuse_address = True\ns.ThreadingTCPServer(('0.0.0.0', 8000), functools.partial(h.SimpleHTTPRequestHandler, directory='/srv')).serve_forever()"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+
+    // Bad requests name the field.
+    for (body, field) in [
+        (json!({}), "port"),
+        (json!({"port": 0}), "port"),
+        (json!({"port": 70000}), "port"),
+        (json!({"port": "8000"}), "port"),
+        (json!({"port": 8000, "expires_in": 0}), "expires_in"),
+        (json!({"port": 8000, "expires_in": 99999999}), "expires_in"),
+    ] {
+        let r = l0(
+            &d,
+            "POST",
+            &format!("/v1/sandbox/{id}/presigned-url"),
+            Some(body.clone()),
+        );
+        assert_eq!(r.status, 400, "{body}: {}", r.raw);
+        assert_eq!(r.body["errors"][0]["field"], field, "{body}: {}", r.raw);
+    }
+
+    let r = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/presigned-url"),
+        Some(json!({"port": 8000, "expires_in": 60})),
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    for k in [
+        "id",
+        "token",
+        "url",
+        "sandbox_id",
+        "port",
+        "expires_at",
+        "created_at",
+    ] {
+        assert!(!r.body[k].is_null(), "{k}: {}", r.raw);
+    }
+    assert_eq!(r.body["port"], 8000);
+    assert_eq!(r.body["sandbox_id"], id);
+    let url = r.body["url"].as_str().unwrap().to_string();
+    let pid = r.body["id"].as_str().unwrap().to_string();
+    assert!(url.contains(r.body["token"].as_str().unwrap()), "{url}");
+
+    // No key needed: the token is the credential. The server may still be starting.
+    let mut got = (0, String::new());
+    for _ in 0..50 {
+        got = get_public(&format!("{url}hi.txt"));
+        if got.0 == 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(got, (200, "hello-preview\n".to_string()), "{}", d.log());
+    let (status, listing) = get_public(&format!("{url}?x=1"));
+    assert_eq!(status, 200);
+    assert!(listing.contains("hi.txt"), "{listing}");
+    // A port nothing listens on is a 502; a wrong token a 404.
+    let r = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/presigned-url"),
+        Some(json!({"port": 8001})),
+    );
+    assert_eq!(get_public(r.body["url"].as_str().unwrap()).0, 502);
+    let forged = format!("{}/p/{}/hi.txt", d.url, "0".repeat(32));
+    assert_eq!(get_public(&forged).0, 404);
+
+    // Another org cannot revoke it; the owner can, at once.
+    let other = d.create_key("acme", None);
+    let r = call(
+        &other,
+        "DELETE",
+        &format!("{}/v1/sandbox/{id}/presigned-url/{pid}", d.url),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.raw);
+    assert_eq!(get_public(&format!("{url}hi.txt")).0, 200);
+    let r = l0(
+        &d,
+        "DELETE",
+        &format!("/v1/sandbox/{id}/presigned-url/{pid}"),
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.raw);
+    assert_eq!(get_public(&format!("{url}hi.txt")).0, 404);
+    let r = l0(
+        &d,
+        "DELETE",
+        &format!("/v1/sandbox/{id}/presigned-url/{pid}"),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.raw);
+
+    // Expiry.
+    let r = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/presigned-url"),
+        Some(json!({"port": 8000, "expires_in": 1})),
+    );
+    let short = r.body["url"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(get_public(&format!("{short}hi.txt")).0, 404);
+
+    // Deleting the sandbox ends its URLs.
+    let r = l0(
+        &d,
+        "POST",
+        &format!("/v1/sandbox/{id}/presigned-url"),
+        Some(json!({"port": 8000})),
+    );
+    let last = r.body["url"].as_str().unwrap().to_string();
+    assert_eq!(get_public(&format!("{last}hi.txt")).0, 200);
+    let r = l0(&d, "DELETE", &format!("/v1/sandbox/{id}"), None);
+    assert!(r.status == 200 || r.status == 204, "{}", r.raw);
+    assert_eq!(get_public(&format!("{last}hi.txt")).0, 404);
+}

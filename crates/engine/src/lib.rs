@@ -12,6 +12,7 @@ pub mod files;
 pub mod keys;
 mod lifetime;
 mod observe;
+pub mod preview;
 mod sandboxes;
 pub mod schedule;
 mod snapshots;

@@ -483,6 +483,10 @@ impl Engine {
             if let Err(e) = self.reap_expired_snapshots().await {
                 warn!(error = %e, "snapshot reaper");
             }
+            // Expired preview URLs already answer 404; this drops their rows.
+            if let Err(e) = self.reap_previews() {
+                warn!(error = %e, "preview URL reaper");
+            }
         }
     }
 

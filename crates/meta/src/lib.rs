@@ -6,7 +6,7 @@
 mod sqlite;
 
 use chrono::{DateTime, Utc};
-use sandboxd_core::{Sandbox, SandboxId, Snapshot, Tenant};
+use sandboxd_core::{PreviewUrl, Sandbox, SandboxId, Snapshot, Tenant};
 use thiserror::Error;
 
 pub use sqlite::SqliteStore;
@@ -89,4 +89,13 @@ pub trait MetaStore: Send + Sync {
     fn retire_snapshot(&self, snapshot: &Snapshot, byte_hours: f64) -> Result<(), MetaError>;
     /// Storage held by a tenant's deleted snapshots over their lives, in byte-hours.
     fn retired_snapshot_byte_hours(&self, tenant: &Tenant) -> Result<f64, MetaError>;
+
+    // Preview URLs. Deleting a sandbox deletes its URLs.
+    fn insert_preview(&self, url: &PreviewUrl) -> Result<(), MetaError>;
+    fn preview_by_token(&self, token_sha256: &str) -> Result<Option<PreviewUrl>, MetaError>;
+    fn get_preview(&self, id: &str) -> Result<Option<PreviewUrl>, MetaError>;
+    fn delete_preview(&self, id: &str) -> Result<(), MetaError>;
+    /// Deletes URLs past their expiry; returns how many.
+    fn delete_expired_previews(&self, now: chrono::DateTime<chrono::Utc>)
+        -> Result<u64, MetaError>;
 }

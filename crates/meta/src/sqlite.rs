@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sandboxd_core::{NetSlot, Sandbox, SandboxId, Snapshot, Tenant};
+use sandboxd_core::{NetSlot, PreviewUrl, Sandbox, SandboxId, Snapshot, Tenant};
 
 use crate::{KeyRecord, MetaError, MetaStore, Page};
 
@@ -48,6 +48,15 @@ const MIGRATIONS: &[&str] = &[
         byte_hours REAL NOT NULL,
         PRIMARY KEY (org, project)
      );",
+    // 4: preview URLs (a sandbox port behind a token; only the token's hash is kept).
+    "CREATE TABLE previews (
+        id TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        sandbox_id TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        record TEXT NOT NULL
+     );
+     CREATE INDEX previews_sandbox ON previews (sandbox_id);",
 ];
 
 pub struct SqliteStore {
@@ -424,9 +433,71 @@ impl MetaStore for SqliteStore {
 
     fn delete_sandbox(&self, id: SandboxId) -> Result<(), MetaError> {
         self.with(|c| {
-            c.execute("DELETE FROM sandboxes WHERE id = ?1", [id.to_string()])?;
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM previews WHERE sandbox_id = ?1",
+                [id.to_string()],
+            )?;
+            tx.execute("DELETE FROM sandboxes WHERE id = ?1", [id.to_string()])?;
+            tx.commit()?;
             Ok(())
         })
+    }
+
+    fn insert_preview(&self, url: &PreviewUrl) -> Result<(), MetaError> {
+        let record = serde_json::to_string(url).map_err(MetaError::Corrupt)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO previews (id, token_sha256, sandbox_id, expires_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    url.id,
+                    url.token_sha256,
+                    url.sandbox_id.to_string(),
+                    url.expires_at.to_rfc3339(),
+                    record
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn preview_by_token(&self, token_sha256: &str) -> Result<Option<PreviewUrl>, MetaError> {
+        self.preview_where("token_sha256", token_sha256)
+    }
+
+    fn get_preview(&self, id: &str) -> Result<Option<PreviewUrl>, MetaError> {
+        self.preview_where("id", id)
+    }
+
+    fn delete_preview(&self, id: &str) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute("DELETE FROM previews WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    fn delete_expired_previews(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, MetaError> {
+        // RFC 3339 strings of one offset (UTC) order as times.
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM previews WHERE expires_at <= ?1",
+                [now.to_rfc3339()],
+            )? as u64)
+        })
+    }
+}
+
+impl SqliteStore {
+    fn preview_where(&self, column: &str, value: &str) -> Result<Option<PreviewUrl>, MetaError> {
+        let sql = format!("SELECT record FROM previews WHERE {column} = ?1");
+        let record: Option<String> =
+            self.with(|c| Ok(c.query_row(&sql, [value], |r| r.get(0)).optional()?))?;
+        record
+            .map(|r| serde_json::from_str(&r).map_err(MetaError::Corrupt))
+            .transpose()
     }
 }
 

@@ -38,6 +38,11 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{sb}/network-policy"), put(set_network_policy))
         .route(&format!("{sb}/system/user-home-dir"), get(home_dir))
         .route(&format!("{sb}/system/workdir"), get(workdir))
+        .route(&format!("{sb}/presigned-url"), post(create_presigned))
+        .route(
+            &format!("{sb}/presigned-url/{{pid}}"),
+            axum::routing::delete(delete_presigned),
+        )
         .merge(snapshots::routes())
         .merge(fs::routes())
 }
@@ -264,6 +269,53 @@ async fn workdir(
     let (_, t) = caller(&st, &headers)?;
     st.engine.get_sandbox(&t, sandbox_id(&id)?)?;
     Ok(Json(json!({"workdir": fs::WORKDIR})).into_response())
+}
+
+/// `POST /v1/sandbox/{id}/presigned-url {port, expires_in?}`: a public URL for one port of
+/// the sandbox, served by this server under `/p/<token>/`. The token is returned once.
+async fn create_presigned(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> L0Result {
+    let (_, t) = caller(&st, &headers)?;
+    let sid = sandbox_id(&id)?;
+    let req: Value = read_json(body, false).await?;
+    let int = |field: &str, required: bool| -> Result<Option<i64>, ApiError> {
+        match req.get(field) {
+            None | Some(Value::Null) if !required => Ok(None),
+            None | Some(Value::Null) => Err(ApiError::invalid(field, "is required")),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid(field, "must be an integer")),
+        }
+    };
+    let port = int("port", true)?.unwrap_or_default();
+    let ttl = int("expires_in", false)?;
+    let issued = st.engine.create_preview(&t, sid, port, ttl)?;
+    let u = &issued.url;
+    Ok(created(json!({
+        "id": u.id,
+        "token": issued.token,
+        "url": crate::preview::url_of(&st.public_url, &issued.token),
+        "sandbox_id": u.sandbox_id.to_string(),
+        "port": u.port,
+        "expires_at": dto::ts(u.expires_at),
+        "created_at": dto::ts(u.created_at),
+    })))
+}
+
+/// `DELETE /v1/sandbox/{id}/presigned-url/{pid}`: revokes the URL at once.
+async fn delete_presigned(
+    State(st): State<AppState>,
+    Path((id, pid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> L0Result {
+    let (_, t) = caller(&st, &headers)?;
+    st.engine.delete_preview(&t, sandbox_id(&id)?, &pid)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Query parameters shared by the two listings: `sort`, `order-by`, `page`, `page-size`.

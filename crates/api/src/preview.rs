@@ -1,0 +1,115 @@
+//! The preview proxy: `ANY /p/{token}/{*path}` is forwarded to the sandbox port the token was
+//! issued for (HTTP/1.1, the request and response streamed as they come). No API key: the
+//! token is the credential. Errors: 404 for an unknown, expired or revoked token, 503 while
+//! the sandbox is not running, 502 when nothing answers on the port.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use sandboxd_engine::preview::PreviewTarget;
+use tracing::debug;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/p/{token}", any(root))
+        .route("/p/{token}/", any(root))
+        .route("/p/{token}/{*path}", any(sub_path))
+}
+
+/// The public URL of a token on this server.
+pub(crate) fn url_of(public_url: &str, token: &str) -> String {
+    format!("{}/p/{token}/", public_url.trim_end_matches('/'))
+}
+
+async fn root(State(st): State<AppState>, Path(token): Path<String>, req: Request) -> Response {
+    forward(&st, &token, "", req).await
+}
+
+async fn sub_path(
+    State(st): State<AppState>,
+    Path((token, path)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    forward(&st, &token, &path, req).await
+}
+
+async fn forward(st: &AppState, token: &str, path: &str, req: Request) -> Response {
+    let addr = match st.engine.resolve_preview(token) {
+        Ok(Some(PreviewTarget::Open(addr))) => addr,
+        Ok(Some(PreviewTarget::NotRunning)) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the sandbox behind this URL is not running",
+            )
+            .into_response()
+        }
+        Ok(None) => {
+            return ApiError::not_found("no such preview URL (or it expired)").into_response()
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                return ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    format!("nothing answers on port {} in the sandbox", addr.port()),
+                )
+                .into_response()
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => return bad_gateway(e),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "preview connection");
+        }
+    });
+    let (mut parts, body) = req.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = match format!("/{path}{query}").parse() {
+        Ok(u) => u,
+        Err(_) => return ApiError::invalid("path", "not a valid request path").into_response(),
+    };
+    if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{token}")) {
+        parts.headers.insert("x-forwarded-prefix", prefix);
+    }
+    // One request per connection to the sandbox; the client side keeps its own.
+    parts.headers.remove(header::CONNECTION);
+    match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => bad_gateway(e),
+    }
+}
+
+fn bad_gateway(e: hyper::Error) -> Response {
+    debug!(error = %e, "preview request");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "bad_gateway",
+        "the sandbox's server closed the connection or answered invalid HTTP",
+    )
+    .into_response()
+}
