@@ -355,6 +355,27 @@ fn deny_all_ip_rules_runtime_update_and_isolation() {
         }),
         "drops are counted"
     );
+    // Refused at once, not left to time out: a denied connection, and DNS on a node that runs
+    // no resolver (this one: no --egress-dns-upstream).
+    let probe = "import socket, sys, time\n\
+t = time.time()\n\
+try:\n    socket.create_connection((sys.argv[1], 8080), timeout=5); print('open')\n\
+except OSError as e:\n    print(type(e).__name__, round(time.time() - t, 2))\n\
+t = time.time()\n\
+try:\n    socket.getaddrinfo('example.com', 80); print('resolved')\n\
+except OSError as e:\n    print('dns-failed', round(time.time() - t, 2))\n";
+    let (_, out, err) = d.exec(id, "python3", &["-c", probe, &a2.to_string()]);
+    let lines: Vec<(&str, f64)> = out
+        .lines()
+        .map(|l| {
+            let (what, secs) = l.rsplit_once(' ').unwrap_or((l, "99"));
+            (what, secs.parse().unwrap_or(99.0))
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}{err}");
+    assert_eq!(lines[0].0, "ConnectionRefusedError", "{out}");
+    assert_eq!(lines[1].0, "dns-failed", "{out}");
+    assert!(lines[0].1 < 1.0 && lines[1].1 < 1.0, "not at once: {out}");
 
     // One IP rule: exactly that IP and port, applied to the running sandbox.
     let v = put_egress(

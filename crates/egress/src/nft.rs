@@ -64,6 +64,8 @@ pub fn base_batch() -> String {
          flush chain {TABLE} input\n\
          add rule {TABLE} input iifname \"s-*\" ct state established,related accept\n\
          add rule {TABLE} input iifname \"s-*\" iifname vmap @egress_in\n\
+         add rule {TABLE} input iifname \"s-*\" udp dport 53 reject with icmpx port-unreachable\n\
+         add rule {TABLE} input iifname \"s-*\" tcp dport 53 reject with tcp reset\n\
          add rule {TABLE} input iifname \"s-*\" counter drop\n\
          flush chain {TABLE} forward\n\
          add rule {TABLE} forward iifname \"s-*\" oifname \"s-*\" counter drop\n\
@@ -236,7 +238,16 @@ pub fn sandbox_batch(at: Attach<'_>, policy: &Policy, ceiling: &[Net4]) -> Strin
         b,
         "add rule {TABLE} {chain} limit rate 10/minute burst 5 packets log prefix \"sandboxd egress deny s-{s}: \" level info"
     );
-    let _ = writeln!(b, "add rule {TABLE} {chain} counter name \"{ctr}\" drop");
+    // Refused, not dropped: a denied connection fails at once (ECONNREFUSED) instead of
+    // hanging until the program's own timeout.
+    let _ = writeln!(
+        b,
+        "add rule {TABLE} {chain} meta l4proto tcp counter name \"{ctr}\" reject with tcp reset"
+    );
+    let _ = writeln!(
+        b,
+        "add rule {TABLE} {chain} counter name \"{ctr}\" reject with icmpx admin-prohibited"
+    );
     let _ = writeln!(
         b,
         "add element {TABLE} egress_fwd {{ \"s-{s}\" : jump {chain} }}"
@@ -588,14 +599,23 @@ mod tests {
     }
 
     #[test]
-    fn deny_all_has_no_elements_and_ends_in_a_counted_drop() {
+    fn deny_all_has_no_elements_and_ends_in_a_counted_refusal() {
         let b = sandbox_batch(at(), &Policy::deny_all(), &all());
         assert!(!b.contains("add element inet sandboxd eg-0123456789ab-"));
         assert!(b.contains("169.254.0.0/16"));
         assert!(b.contains("10.120.0.0/16"));
-        assert!(b.lines().any(
-            |l| l.ends_with("counter name \"eg-0123456789ab-denied\" drop") && !l.contains("daddr")
-        ));
+        let last: Vec<&str> = b
+            .lines()
+            .filter(|l| l.starts_with("add rule inet sandboxd eg-0123456789ab "))
+            .collect();
+        assert!(
+            last[last.len() - 2].ends_with(
+                "meta l4proto tcp counter name \"eg-0123456789ab-denied\" reject with tcp reset"
+            ) && last[last.len() - 1].ends_with(
+                "counter name \"eg-0123456789ab-denied\" reject with icmpx admin-prohibited"
+            ),
+            "{last:?}"
+        );
         assert!(b.contains("egress_fwd { \"s-0123456789ab\" : jump eg-0123456789ab }"));
     }
 
