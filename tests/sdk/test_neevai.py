@@ -754,3 +754,35 @@ def test_snapshot_fork_rollback_restore_pause_resume(client, sandbox_factory):
     client.sandboxes.delete_snapshot(snap.id)
     with pytest.raises(neevai.NotFoundError):
         client.sandboxes.get_snapshot(snap.id)
+
+
+SERVE_SRV = (
+    "import functools, http.server as h, socketserver as s\n"
+    "s.ThreadingTCPServer(('0.0.0.0', 8000), "
+    "functools.partial(h.SimpleHTTPRequestHandler, directory='/srv')).serve_forever()"
+)
+
+
+def test_expose_port_preview_url_list_and_revoke(make_sandbox):
+    import httpx
+
+    sb = make_sandbox(DEBIAN, name=unique_name("sdk-port"))
+    sb.files.write("/srv/hi.txt", "preview me\n")
+    sb.processes.start(["python3", "-c", SERVE_SRV])
+    # get_url exposes the port and waits until the URL is routed (the SDK polls it).
+    url = sb.get_url(8000)
+    assert url.endswith("/")
+    assert [p.port for p in sb.list_ports()] == [8000]
+    assert sb.expose_port(8000).preview_url == url  # idempotent
+
+    deadline = time.time() + 15
+    while True:
+        r = httpx.get(url + "hi.txt", timeout=10)  # no API key: the slug is the credential
+        if r.status_code == 200 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert (r.status_code, r.text) == (200, "preview me\n")
+
+    sb.revoke_port(8000)
+    assert sb.list_ports() == []
+    assert httpx.get(url + "hi.txt", timeout=10).status_code == 404

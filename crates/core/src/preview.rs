@@ -17,9 +17,17 @@ pub struct PreviewUrl {
     pub token_sha256: String,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// A NeevCloud port exposure: its slug is its token, kept so that the URL can be listed
+    /// again (the NeevCloud API returns it on every call). `None` for a Leap0 presigned URL,
+    /// whose token is shown once.
+    #[serde(default)]
+    pub slug: Option<String>,
 }
 
 /// Default lifetime of a preview URL (Leap0: `expires_in` defaults to 3600 s).
 pub const DEFAULT_TTL_SECS: i64 = 3600;
+/// A port exposure lasts until it is revoked or its sandbox deleted.
+pub const EXPOSURE_TTL_DAYS: i64 = 365 * 100;
+
 /// Longest lifetime accepted: 7 days.
 pub const MAX_TTL_SECS: i64 = 7 * 24 * 3600;

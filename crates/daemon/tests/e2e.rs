@@ -976,3 +976,111 @@ fn uuid_like() -> String {
         n as u64 & 0xffff_ffff_ffff
     )
 }
+
+/// NeevCloud preview ports: expose (idempotent; a new slug rotates the URL), list, revoke;
+/// the preview URL needs no key; the agent's port is reserved; a taken slug is a 409.
+#[test]
+fn exposed_ports_serve_a_preview_url_until_revoked() {
+    let d = Daemon::start();
+    let sb = d.create(json!({"name": "web", "sandbox_template_id": "sb-debian-12-python"}));
+    let id = sb["id"].as_str().unwrap();
+    let (exit, _, err) = d.exec(
+        id,
+        "sh",
+        &["-c", "mkdir -p /srv && echo hello-port > /srv/hi.txt"],
+    );
+    assert_eq!(exit["exit_code"], 0, "{err}");
+    let r = dp(
+        &d.url,
+        &d.key,
+        id,
+        "/v1/processes/start",
+        json!({"program": "python3", "args": common::HTTP_SERVER}),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let ports = format!("{}/{id}/ports", d.sandboxes_url("default", "default"));
+
+    for (body, field) in [
+        (json!({}), "port"),
+        (json!({"port": 0}), "port"),
+        (json!({"port": 7777}), "port"),
+        (json!({"port": "80"}), "port"),
+        (json!({"port": 8000, "slug": "Bad_Slug!"}), "slug"),
+        (json!({"port": 8000, "slug": "short"}), "slug"),
+    ] {
+        let r = call(&d.key, "POST", &ports, Some(body.clone()));
+        assert_eq!(
+            (r.status, r.body["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {}",
+            r.raw
+        );
+    }
+
+    let r = call(&d.key, "POST", &ports, Some(json!({"port": 8000})));
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body["port"], 8000);
+    let url = r.body["preview_url"].as_str().unwrap().to_string();
+    assert!(url.contains(r.body["slug"].as_str().unwrap()), "{}", r.raw);
+    // Exposing it again changes nothing.
+    let again = call(&d.key, "POST", &ports, Some(json!({"port": 8000})));
+    assert_eq!(again.body["preview_url"], url.as_str());
+    let listed = call(&d.key, "GET", &ports, None);
+    assert_eq!(
+        listed.body["ports"].as_array().unwrap().len(),
+        1,
+        "{}",
+        listed.raw
+    );
+    assert_eq!(listed.body["ports"][0]["preview_url"], url.as_str());
+
+    let mut got = (0, String::new());
+    for _ in 0..50 {
+        got = common::get_public(&format!("{url}hi.txt"));
+        if got.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(got, (200, "hello-port\n".to_string()), "{}", d.log());
+
+    // A chosen slug rotates the URL; the old one stops at once. A slug in use is a 409.
+    let r = call(
+        &d.key,
+        "POST",
+        &ports,
+        Some(json!({"port": 8000, "slug": "my-preview-1234"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let rotated = r.body["preview_url"].as_str().unwrap().to_string();
+    assert!(rotated.ends_with("/p/my-preview-1234/"), "{rotated}");
+    assert_eq!(common::get_public(&format!("{url}hi.txt")).0, 404);
+    assert_eq!(common::get_public(&format!("{rotated}hi.txt")).0, 200);
+    let r = call(
+        &d.key,
+        "POST",
+        &ports,
+        Some(json!({"port": 8001, "slug": "my-preview-1234"})),
+    );
+    assert_eq!(r.status, 409, "{}", r.raw);
+
+    // Another org sees nothing; revoking is immediate and idempotent.
+    let other = d.create_key("acme", None);
+    let r = call(
+        &other,
+        "GET",
+        &format!(
+            "{}/api/v1beta1/orgs/acme/projects/default/sandboxes/{id}/ports",
+            d.url
+        ),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.raw);
+    for _ in 0..2 {
+        let r = call(&d.key, "DELETE", &format!("{ports}/8000"), None);
+        assert_eq!(r.status, 204, "{}", r.raw);
+    }
+    assert_eq!(common::get_public(&format!("{rotated}hi.txt")).0, 404);
+    let listed = call(&d.key, "GET", &ports, None);
+    assert_eq!(listed.body, json!({"ports": []}));
+}

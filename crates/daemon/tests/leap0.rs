@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{call, call_raw, Daemon};
+use common::{call, call_raw, get_public, Daemon};
 use serde_json::{json, Value};
 
 fn l0(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> common::Resp {
@@ -732,15 +732,6 @@ fn another_orgs_key_sees_nothing() {
     assert_eq!(l0(&d, "GET", "/v1/snapshots", None).body["total_items"], 1);
 }
 
-/// GET without any key (a preview URL is public); returns (status, body).
-fn get_public(url: &str) -> (u16, String) {
-    match common::agent().get(url).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("GET {url}: {e}"),
-    }
-}
-
 #[test]
 fn presigned_urls_expose_a_sandbox_port_until_revoked_or_expired() {
     let d = Daemon::start();
@@ -757,9 +748,7 @@ fn presigned_urls_expose_a_sandbox_port_until_revoked_or_expired() {
         &d.key,
         id,
         "/v1/processes/start",
-        // Not `python3 -m http.server`: its bind looks up the host's FQDN, which waits for
-        // DNS; a plain TCPServer listens at once.
-        json!({"program": "python3", "args": ["-c", "import functools, http.server as h, socketserver as s\ns.ThreadingTCPServer.allow_reuse_address = True\ns.ThreadingTCPServer(('0.0.0.0', 8000), functools.partial(h.SimpleHTTPRequestHandler, directory='/srv')).serve_forever()"]}),
+        json!({"program": "python3", "args": common::HTTP_SERVER}),
     );
     assert_eq!(r.status, 200, "{}", r.raw);
 
@@ -768,6 +757,7 @@ fn presigned_urls_expose_a_sandbox_port_until_revoked_or_expired() {
         (json!({}), "port"),
         (json!({"port": 0}), "port"),
         (json!({"port": 70000}), "port"),
+        (json!({"port": 7777}), "port"),
         (json!({"port": "8000"}), "port"),
         (json!({"port": 8000, "expires_in": 0}), "expires_in"),
         (json!({"port": 8000, "expires_in": 99999999}), "expires_in"),

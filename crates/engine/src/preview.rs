@@ -36,11 +36,37 @@ fn digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Tokens are 32 lowercase hex characters (128 random bits): one DNS label.
+/// A token is one DNS label: 8 to 63 of `[a-z0-9-]`, starting and ending with a letter or
+/// digit. Generated ones are 32 hex characters (128 random bits); a NeevCloud slug is the
+/// client's choice within these rules.
 fn valid_token(t: &str) -> bool {
-    t.len() == 32
-        && t.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (8..=63).contains(&t.len())
+        && t.bytes().all(|b| alnum(b) || b == b'-')
+        && t.bytes().next().is_some_and(alnum)
+        && t.bytes().last().is_some_and(alnum)
+}
+
+fn random_token() -> String {
+    let mut raw = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+/// A port a client may publish: 1..65535 except the agent's (publishing it would hand the
+/// sandbox's control channel to anyone with the URL).
+fn public_port(port: i64) -> Result<u16, CoreError> {
+    let p = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| CoreError::invalid("port", "must be from 1 to 65535"))?;
+    if p == sandboxd_agent::proto::AGENT_PORT {
+        return Err(CoreError::invalid(
+            "port",
+            format!("port {p} is reserved by the platform"),
+        ));
+    }
+    Ok(p)
 }
 
 impl Engine {
@@ -52,10 +78,7 @@ impl Engine {
         port: i64,
         ttl_secs: Option<i64>,
     ) -> Result<IssuedPreview, EngineError> {
-        let port = u16::try_from(port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| CoreError::invalid("port", "must be from 1 to 65535"))?;
+        let port = public_port(port)?;
         let ttl = ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
         if !(1..=MAX_TTL_SECS).contains(&ttl) {
             return Err(CoreError::invalid(
@@ -65,9 +88,30 @@ impl Engine {
             .into());
         }
         self.get_sandbox(tenant, sandbox)?;
-        let mut raw = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut raw);
-        let token = hex::encode(raw);
+        let token = random_token();
+        let url = self.insert_preview(
+            tenant,
+            sandbox,
+            port,
+            &token,
+            chrono::Duration::seconds(ttl),
+            None,
+        )?;
+        Ok(IssuedPreview { url, token })
+    }
+
+    fn insert_preview(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+        port: u16,
+        token: &str,
+        ttl: chrono::Duration,
+        slug: Option<String>,
+    ) -> Result<PreviewUrl, EngineError> {
+        if self.meta.preview_by_token(&digest(token))?.is_some() {
+            return Err(CoreError::Conflict("this slug is taken".into()).into());
+        }
         let mut id = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut id);
         let now = Utc::now();
@@ -76,12 +120,98 @@ impl Engine {
             tenant: tenant.clone(),
             sandbox_id: sandbox,
             port,
-            token_sha256: digest(&token),
-            expires_at: now + chrono::Duration::seconds(ttl),
+            token_sha256: digest(token),
+            expires_at: now + ttl,
             created_at: now,
+            slug,
         };
         self.meta.insert_preview(&url)?;
-        Ok(IssuedPreview { url, token })
+        Ok(url)
+    }
+
+    /// NeevCloud: exposes `port` at a preview URL gated by `slug` (random if absent) until it
+    /// is revoked. An exposed port keeps its URL, unless another slug is asked for: then the
+    /// URL rotates (the old one stops working).
+    pub fn expose_port(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+        port: i64,
+        slug: Option<&str>,
+    ) -> Result<PreviewUrl, EngineError> {
+        let port = public_port(port)?;
+        if let Some(s) = slug {
+            if !valid_token(s) {
+                return Err(CoreError::invalid(
+                    "slug",
+                    "must be 8 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit",
+                )
+                .into());
+            }
+        }
+        self.get_sandbox(tenant, sandbox)?;
+        let current = self
+            .exposures(sandbox)?
+            .into_iter()
+            .find(|u| u.port == port);
+        if let Some(cur) = current {
+            if slug.is_none_or(|s| cur.slug.as_deref() == Some(s)) {
+                return Ok(cur);
+            }
+            self.meta.delete_preview(&cur.id)?;
+        }
+        let token = slug.map_or_else(random_token, str::to_string);
+        self.insert_preview(
+            tenant,
+            sandbox,
+            port,
+            &token,
+            chrono::Duration::days(sandboxd_core::preview::EXPOSURE_TTL_DAYS),
+            Some(token.clone()),
+        )
+    }
+
+    /// NeevCloud: the exposed ports of a sandbox, by port.
+    pub fn list_ports(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+    ) -> Result<Vec<PreviewUrl>, EngineError> {
+        self.get_sandbox(tenant, sandbox)?;
+        let mut v = self.exposures(sandbox)?;
+        v.sort_by_key(|u| u.port);
+        Ok(v)
+    }
+
+    /// NeevCloud: stops serving a port; revoking a port that is not exposed changes nothing.
+    pub fn revoke_port(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+        port: i64,
+    ) -> Result<(), EngineError> {
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| CoreError::invalid("port", "must be from 1 to 65535"))?;
+        self.get_sandbox(tenant, sandbox)?;
+        for u in self
+            .exposures(sandbox)?
+            .into_iter()
+            .filter(|u| u.port == port)
+        {
+            self.meta.delete_preview(&u.id)?;
+        }
+        Ok(())
+    }
+
+    fn exposures(&self, sandbox: SandboxId) -> Result<Vec<PreviewUrl>, EngineError> {
+        Ok(self
+            .meta
+            .previews_of_sandbox(sandbox)?
+            .into_iter()
+            .filter(|u| u.slug.is_some())
+            .collect())
     }
 
     /// Revokes a preview URL of a sandbox of `tenant`.
@@ -141,17 +271,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_are_one_dns_label_of_hex() {
-        assert!(valid_token("0123456789abcdef0123456789abcdef"));
+    fn tokens_are_one_dns_label() {
+        assert!(valid_token(&random_token()));
+        assert!(valid_token("my-app-preview"));
         for bad in [
             "",
+            "short",
             "0123456789ABCDEF0123456789abcdef",
-            "0123456789abcdef0123456789abcde",
-            "0123456789abcdef0123456789abcdeg",
+            "-leading-dash",
+            "trailing-dash-",
+            "has_underscore",
             "../../etc/passwd0123456789abcdef",
+            &"a".repeat(64),
         ] {
             assert!(!valid_token(bad), "{bad}");
         }
+        assert_eq!(
+            public_port(7777).unwrap_err().to_string(),
+            "port: port 7777 is reserved by the platform"
+        );
+        assert!(public_port(0).is_err() && public_port(65536).is_err());
+        assert_eq!(public_port(8080).unwrap(), 8080);
         assert_ne!(digest("a"), digest("b"));
         assert_eq!(digest("a").len(), 64);
     }

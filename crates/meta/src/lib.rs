@@ -95,6 +95,7 @@ pub trait MetaStore: Send + Sync {
     fn preview_by_token(&self, token_sha256: &str) -> Result<Option<PreviewUrl>, MetaError>;
     fn get_preview(&self, id: &str) -> Result<Option<PreviewUrl>, MetaError>;
     fn delete_preview(&self, id: &str) -> Result<(), MetaError>;
+    fn previews_of_sandbox(&self, sandbox: SandboxId) -> Result<Vec<PreviewUrl>, MetaError>;
     /// Deletes URLs past their expiry; returns how many.
     fn delete_expired_previews(&self, now: chrono::DateTime<chrono::Utc>)
         -> Result<u64, MetaError>;

@@ -476,6 +476,18 @@ impl MetaStore for SqliteStore {
         })
     }
 
+    fn previews_of_sandbox(&self, sandbox: SandboxId) -> Result<Vec<PreviewUrl>, MetaError> {
+        let records: Vec<String> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT record FROM previews WHERE sandbox_id = ?1")?;
+            let rows = stmt.query_map([sandbox.to_string()], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        records
+            .iter()
+            .map(|r| serde_json::from_str(r).map_err(MetaError::Corrupt))
+            .collect()
+    }
+
     fn delete_expired_previews(
         &self,
         now: chrono::DateTime<chrono::Utc>,

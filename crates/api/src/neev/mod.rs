@@ -2,6 +2,7 @@
 
 mod dto;
 mod metrics;
+mod ports;
 mod snapshots;
 
 use axum::body::Body;
@@ -52,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         )
         .merge(snapshots::routes())
         .merge(metrics::routes())
+        .merge(ports::routes())
         .route("/api/v1beta1/sandbox-templates", get(templates))
         .route(
             "/api/v1beta1/sandbox-templates/{template_id}",

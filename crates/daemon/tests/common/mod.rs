@@ -57,6 +57,24 @@ pub fn templates_dir() -> PathBuf {
     p
 }
 
+/// A Python HTTP server of `/srv` on port 8000 (argv for `python3`). Not `python3 -m
+/// http.server`: its bind looks up the host's FQDN, which waits for DNS first.
+#[allow(dead_code)]
+pub const HTTP_SERVER: [&str; 2] = [
+    "-c",
+    "import functools, http.server as h, socketserver as s\ns.ThreadingTCPServer.allow_reuse_address = True\ns.ThreadingTCPServer(('0.0.0.0', 8000), functools.partial(h.SimpleHTTPRequestHandler, directory='/srv')).serve_forever()",
+];
+
+/// GET without any key (preview URLs are public); returns (status, body).
+#[allow(dead_code)]
+pub fn get_public(url: &str) -> (u16, String) {
+    match agent().get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
 /// A Python process counting in memory: `n` lives only in the process, a file mirrors it.
 #[allow(dead_code)]
 pub const COUNTER: &str = "import time\nn = 0\nwhile True:\n    n += 1\n    open('/workspace/n', 'w').write(str(n))\n    time.sleep(0.05)\n";
