@@ -79,10 +79,15 @@ async fn forward(st: &AppState, token: &str, path: &str, req: Request) -> Respon
         Err(e) => return bad_gateway(e),
     };
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "preview connection");
         }
     });
+    let mut req = req;
+    // An upgrade (WebSocket, ...): both sides are handed over to a byte tunnel once the
+    // sandbox's server answers 101.
+    let upgrading = req.headers().contains_key(header::UPGRADE);
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let query = parts
         .uri
@@ -96,12 +101,29 @@ async fn forward(st: &AppState, token: &str, path: &str, req: Request) -> Respon
     if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{token}")) {
         parts.headers.insert("x-forwarded-prefix", prefix);
     }
-    // One request per connection to the sandbox; the client side keeps its own.
-    parts.headers.remove(header::CONNECTION);
-    match sender.send_request(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp.map(Body::new),
-        Err(e) => bad_gateway(e),
+    if !upgrading {
+        // One request per connection to the sandbox; the client side keeps its own.
+        parts.headers.remove(header::CONNECTION);
     }
+    let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp,
+        Err(e) => return bad_gateway(e),
+    };
+    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
+        let server = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client, server) {
+                Ok((c, s)) => {
+                    let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        debug!(error = %e, "preview tunnel");
+                    }
+                }
+                Err(e) => debug!(error = %e, "preview upgrade"),
+            }
+        });
+    }
+    resp.map(Body::new)
 }
 
 fn bad_gateway(e: hyper::Error) -> Response {

@@ -1064,6 +1064,68 @@ fn exposed_ports_serve_a_preview_url_until_revoked() {
     );
     assert_eq!(r.status, 409, "{}", r.raw);
 
+    // An upgrade (as WebSocket does) becomes a byte tunnel: a server answering 101, then
+    // echoing in upper case.
+    let upgrade_server = r#"import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 8002)); s.listen()
+def h(c):
+    buf = b''
+    while b'\r\n\r\n' not in buf:
+        d = c.recv(4096)
+        if not d: return
+        buf += d
+    c.sendall(b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n')
+    while True:
+        d = c.recv(4096)
+        if not d: break
+        c.sendall(d.upper())
+while True:
+    c, _ = s.accept(); threading.Thread(target=h, args=(c,)).start()
+"#;
+    let r = dp(
+        &d.url,
+        &d.key,
+        id,
+        "/v1/processes/start",
+        json!({"program": "python3", "args": ["-c", upgrade_server]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let r = call(&d.key, "POST", &ports, Some(json!({"port": 8002})));
+    let tunnel = r.body["preview_url"].as_str().unwrap().to_string();
+    let path = tunnel
+        .split_once("/p/")
+        .map(|(_, p)| format!("/p/{p}"))
+        .unwrap();
+    let addr = d.url.trim_start_matches("http://").to_string();
+    let mut answer = String::new();
+    for _ in 0..50 {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && c.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            answer = String::from_utf8_lossy(&head).into_owned();
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        c.write_all(b"ping over the tunnel").unwrap();
+        let mut got = [0u8; 20];
+        c.read_exact(&mut got).unwrap();
+        answer = String::from_utf8_lossy(&got).into_owned();
+        break;
+    }
+    assert_eq!(answer, "PING OVER THE TUNNEL", "{}", d.log());
+
     // Another org sees nothing; revoking is immediate and idempotent.
     let other = d.create_key("acme", None);
     let r = call(
@@ -1081,6 +1143,15 @@ fn exposed_ports_serve_a_preview_url_until_revoked() {
         assert_eq!(r.status, 204, "{}", r.raw);
     }
     assert_eq!(common::get_public(&format!("{rotated}hi.txt")).0, 404);
+    let listed = call(&d.key, "GET", &ports, None);
+    assert_eq!(
+        listed.body["ports"].as_array().unwrap().len(),
+        1,
+        "only 8002 left"
+    );
+    assert_eq!(listed.body["ports"][0]["port"], 8002);
+    let r = call(&d.key, "DELETE", &format!("{ports}/8002"), None);
+    assert_eq!(r.status, 204, "{}", r.raw);
     let listed = call(&d.key, "GET", &ports, None);
     assert_eq!(listed.body, json!({"ports": []}));
 }
