@@ -83,6 +83,29 @@ enum Cmd {
     },
     /// Show a sandbox's health metrics: the current value and a sparkline per series
     Metrics(MetricsArgs),
+    /// Publish a sandbox port at a public preview URL (no key needed to open it); prints it
+    Expose {
+        /// Sandbox id or name
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+        port: u16,
+        /// The URL's secret part (8-63 of a-z, 0-9, '-'); random if omitted, rotates if changed
+        #[arg(long)]
+        slug: Option<String>,
+    },
+    /// List a sandbox's published ports and their preview URLs
+    Ports {
+        /// Sandbox id or name
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+    },
+    /// Stop publishing a sandbox port (its preview URL stops working at once)
+    Unexpose {
+        /// Sandbox id or name
+        #[arg(value_name = "SANDBOX")]
+        sandbox: String,
+        port: u16,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +233,42 @@ fn run(cli: Cli) -> Result<u8> {
             out(&snapshot::resume(&ctx.client, &sandbox, ctx.json)?).map(|_| 0)
         }
         Cmd::Metrics(a) => metrics_cmd(&ctx, &a),
+        Cmd::Expose {
+            sandbox,
+            port,
+            slug,
+        } => {
+            let mut body = json!({"port": port});
+            if let Some(s) = slug {
+                body["slug"] = json!(s);
+            }
+            let url = ctx.client.project_url(&["sandboxes", &sandbox, "ports"]);
+            let p = ctx.client.post(&url, &body)?;
+            if ctx.json {
+                print_json(&p)?;
+            } else {
+                out(&format!("{}\n", str_field(&p, "preview_url")))?;
+            }
+            Ok(0)
+        }
+        Cmd::Ports { sandbox } => {
+            let url = ctx.client.project_url(&["sandboxes", &sandbox, "ports"]);
+            let v = ctx.client.get(&url)?;
+            if ctx.json {
+                print_json(&v)?;
+            } else {
+                out(&ports_table(&v))?;
+            }
+            Ok(0)
+        }
+        Cmd::Unexpose { sandbox, port } => {
+            let port = port.to_string();
+            let url = ctx
+                .client
+                .project_url(&["sandboxes", &sandbox, "ports", &port]);
+            ctx.client.delete(&url)?;
+            Ok(0)
+        }
     }
 }
 
@@ -366,6 +425,23 @@ fn rm(ctx: &Ctx, targets: &[String]) -> Result<u8> {
     Ok(status)
 }
 
+fn ports_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["ports"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    vec![
+                        p["port"].to_string(),
+                        str_field(p, "preview_url").to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table::render(&["PORT", "PREVIEW URL"], &rows)
+}
+
 fn metrics_cmd(ctx: &Ctx, a: &MetricsArgs) -> Result<u8> {
     let to = chrono::Utc::now();
     let from = to - chrono::Duration::seconds(a.since as i64);
@@ -393,6 +469,18 @@ fn metrics_cmd(ctx: &Ctx, a: &MetricsArgs) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_a_table() {
+        let t = ports_table(&json!({"ports": [{"port": 8000, "slug": "s",
+            "preview_url": "http://h/p/abcdefgh/"}]}));
+        assert!(
+            t.contains("PORT") && t.contains("8000") && t.contains("http://h/p/abcdefgh/"),
+            "{t}"
+        );
+        let p = parse(&["expose", "web", "8000", "--slug", "my-preview"]);
+        assert!(matches!(p.cmd, Cmd::Expose { port: 8000, .. }));
+    }
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("sbx").chain(args.iter().copied())).unwrap()

@@ -101,6 +101,17 @@ fn cli_drives_snapshots_fork_restore_pause_and_resume() {
     ok(&d, &["resume", "cli-a"]);
     assert_eq!(ok(&d, &["exec", "cli-a", "--", "cat", "/root/f"]), "one");
 
+    // Published ports: expose prints the preview URL, ports lists it, unexpose ends it.
+    let url = ok(&d, &["expose", "cli-a", "8000", "--slug", "cli-preview-1"]);
+    assert!(url.ends_with("/p/cli-preview-1/"), "{url}");
+    let listed = ok(&d, &["ports", "cli-a"]);
+    assert!(listed.contains("8000") && listed.contains(&url), "{listed}");
+    let (code, _, err) = sbx(&d, &["expose", "cli-a", "7777"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("reserved"), "{err}");
+    ok(&d, &["unexpose", "cli-a", "8000"]);
+    assert!(!ok(&d, &["ports", "cli-a"]).contains(&url));
+
     // Errors are readable and exit non-zero.
     let (code, _, err) = sbx(&d, &["snapshot", "create", "cli-a", "--name", "Bad_Name"]);
     assert_ne!(code, 0);
