@@ -32,6 +32,9 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Base URL clients reach this server at; sandboxes' `connect_url`.
     pub public_url: String,
+    /// With it, preview URLs are `<scheme>://<token>.<domain>[:port]/` (a wildcard DNS name,
+    /// or `*.localhost`, pointing here) instead of `<public_url>/p/<token>/`.
+    pub preview_domain: Option<String>,
 }
 
 /// Reads `Authorization: Bearer <key>` and resolves it. Never logs the key.
@@ -73,6 +76,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            preview::by_host,
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

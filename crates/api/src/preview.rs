@@ -27,9 +27,54 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/p/{token}/{*path}", any(sub_path))
 }
 
-/// The public URL of a token on this server.
-pub(crate) fn url_of(public_url: &str, token: &str) -> String {
-    format!("{}/p/{token}/", public_url.trim_end_matches('/'))
+/// The public URL of a token on this server: `<public_url>/p/<token>/`, or with a preview
+/// domain `<scheme>://<token>.<domain>[:<public_url's port>]/`.
+pub(crate) fn url_of(st: &AppState, token: &str) -> String {
+    let base = st.public_url.trim_end_matches('/');
+    match &st.preview_domain {
+        Some(domain) => {
+            let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+            let authority = rest.split('/').next().unwrap_or(rest);
+            let port = authority
+                .rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map(|(_, p)| format!(":{p}"))
+                .unwrap_or_default();
+            format!("{scheme}://{token}.{domain}{port}/")
+        }
+        None => format!("{base}/p/{token}/"),
+    }
+}
+
+/// With a preview domain: a request whose `Host` is `<token>.<domain>` (any port) goes to the
+/// proxy with its whole path; every other request goes on to the API.
+pub(crate) async fn by_host(
+    State(st): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(domain) = &st.preview_domain {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| {
+                h.rsplit_once(':')
+                    .map_or(h, |(name, _)| name)
+                    .to_ascii_lowercase()
+            });
+        let token = host.as_deref().and_then(|h| {
+            h.strip_suffix(domain.as_str())
+                .and_then(|t| t.strip_suffix('.'))
+                .filter(|t| !t.is_empty() && !t.contains('.'))
+                .map(str::to_string)
+        });
+        if let Some(token) = token {
+            let path = req.uri().path().trim_start_matches('/').to_string();
+            return forward(&st, &token, &path, req).await;
+        }
+    }
+    next.run(req).await
 }
 
 async fn root(State(st): State<AppState>, Path(token): Path<String>, req: Request) -> Response {
@@ -98,8 +143,10 @@ async fn forward(st: &AppState, token: &str, path: &str, req: Request) -> Respon
         Ok(u) => u,
         Err(_) => return ApiError::invalid("path", "not a valid request path").into_response(),
     };
-    if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{token}")) {
-        parts.headers.insert("x-forwarded-prefix", prefix);
+    if st.preview_domain.is_none() {
+        if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{token}")) {
+            parts.headers.insert("x-forwarded-prefix", prefix);
+        }
     }
     if !upgrading {
         // One request per connection to the sandbox; the client side keeps its own.

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// URL clients reach this server at (default: `http://<listen>`).
     #[arg(long, env = "SANDBOXD_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Serve preview URLs as `<token>.<domain>` (a wildcard DNS name pointing here, or e.g.
+    /// `preview.localhost`, which browsers resolve to loopback) instead of `/p/<token>/`.
+    #[arg(long, env = "SANDBOXD_PREVIEW_DOMAIN")]
+    pub preview_domain: Option<String>,
     /// The region this node serves.
     #[arg(long, env = "SANDBOXD_REGION", default_value = "local")]
     pub region: String,
@@ -390,6 +394,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let app = sandboxd_api::router(AppState {
         engine: engine.clone(),
         public_url: public_url.clone(),
+        preview_domain: a
+            .preview_domain
+            .map(|d| d.trim_matches('.').to_ascii_lowercase()),
     });
     let app = sandboxd_api::with_metrics(app, hub);
     info!(%local, %public_url, "sandboxd listening");

@@ -1155,3 +1155,82 @@ while True:
     let listed = call(&d.key, "GET", &ports, None);
     assert_eq!(listed.body, json!({"ports": []}));
 }
+
+/// GET `path` from the daemon with a given `Host` header; returns (status, body).
+fn get_with_host(d: &Daemon, host: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = d.url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// With `--preview-domain`, preview URLs are `<slug>.<domain>`: requests for such a host go
+/// to the sandbox port, with their whole path; the API keeps answering on its own host.
+#[test]
+fn preview_urls_on_a_wildcard_domain() {
+    let d = Daemon::start_with(&["--preview-domain=Preview.Test."]);
+    let sb = d.create(json!({"name": "web2", "sandbox_template_id": "sb-debian-12-python"}));
+    let id = sb["id"].as_str().unwrap();
+    d.exec(
+        id,
+        "sh",
+        &["-c", "mkdir -p /srv/sub && echo deep > /srv/sub/x.txt"],
+    );
+    let r = dp(
+        &d.url,
+        &d.key,
+        id,
+        "/v1/processes/start",
+        json!({"program": "python3", "args": common::HTTP_SERVER}),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let ports = format!("{}/{id}/ports", d.sandboxes_url("default", "default"));
+    let r = call(
+        &d.key,
+        "POST",
+        &ports,
+        Some(json!({"port": 8000, "slug": "wild-card-1"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let port = d.url.rsplit_once(':').unwrap().1;
+    assert_eq!(
+        r.body["preview_url"],
+        format!("http://wild-card-1.preview.test:{port}/").as_str()
+    );
+    let host = format!("wild-card-1.preview.test:{port}");
+    let mut got = (0, String::new());
+    for _ in 0..50 {
+        got = get_with_host(&d, &host, "/sub/x.txt");
+        if got.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(got, (200, "deep\n".to_string()), "{}", d.log());
+    assert_eq!(
+        get_with_host(&d, &format!("other-slug-9.preview.test:{port}"), "/").0,
+        404
+    );
+    // The API on its own host is untouched.
+    assert_eq!(
+        get_with_host(&d, &format!("127.0.0.1:{port}"), "/healthz"),
+        (200, "ok\n".to_string())
+    );
+}

@@ -299,7 +299,7 @@ async fn create_presigned(
     Ok(created(json!({
         "id": u.id,
         "token": issued.token,
-        "url": crate::preview::url_of(&st.public_url, &issued.token),
+        "url": crate::preview::url_of(&st, &issued.token),
         "sandbox_id": u.sandbox_id.to_string(),
         "port": u.port,
         "expires_at": dto::ts(u.expires_at),

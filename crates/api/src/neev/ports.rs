@@ -31,7 +31,7 @@ fn view(st: &AppState, u: &PreviewUrl) -> Value {
     json!({
         "port": u.port,
         "slug": slug,
-        "preview_url": crate::preview::url_of(&st.public_url, slug),
+        "preview_url": crate::preview::url_of(st, slug),
     })
 }
 
