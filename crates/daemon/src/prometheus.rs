@@ -76,12 +76,14 @@ async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
             r.set_gauges(
             "sandboxd_store_bytes",
             "Bytes held by each store: metadata (SQLite), metrics samples (SQLite), the sandbox \
-             volume (layers and snapshot layers, allocated), snapshot memory images.",
+             volume (layers and snapshot layers, allocated), memory images not yet archived \
+             (and pause images), the content-addressed snapshot store (chunks and manifests).",
             &[
                 (&[("store", "meta")], meta as f64),
                 (&[("store", "metrics")], samples as f64),
                 (&[("store", "volume")], allocated(&d.join("volume.img")) as f64),
                 (&[("store", "images")], allocated(&d.join("images")) as f64),
+                (&[("store", "snapshots")], allocated(&d.join("store")) as f64),
             ],
         );
             r.render()

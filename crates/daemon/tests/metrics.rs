@@ -326,6 +326,7 @@ fn series_show_a_cpu_burner_a_memory_allocator_disk_network_and_lifecycle() {
         "sandboxd_store_bytes{store=\"meta\"}",
         "sandboxd_store_bytes{store=\"metrics\"}",
         "sandboxd_store_bytes{store=\"volume\"}",
+        "sandboxd_store_bytes{store=\"snapshots\"}",
         "sandboxd_metrics_sampler_cpu_seconds_total",
         "sandboxd_metrics_sample_pass_duration_seconds_count",
         "sandboxd_metrics_sampled_sandboxes ",
