@@ -1036,11 +1036,21 @@ fn bench_proxy_path_latency() {
 }
 
 /// What a daemon of an older version does at its start (deletes and recreates the shared
-/// table): this daemon hears of it from `nft monitor` and re-installs its base and every
-/// policy at once (the fallback check runs only every 30 s).
+/// table): each daemon on the host hears of it from `nft monitor` and re-installs its base and
+/// every policy at once (the fallback check runs only every 30 s), also when another daemon
+/// has already put the base back.
 #[test]
 fn a_deleted_shared_table_is_reinstalled_at_once() {
     let d = start();
+    let other = start();
+    let osb = other.create(json!({"sandbox_template_id": "sb-busybox"}));
+    let oshort: String = osb["id"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .filter(|c| *c != '-')
+        .take(12)
+        .collect();
     let inet = Internet::new(d.octet);
     let (a2, a3) = (inet.ip(2), inet.ip(3));
     inet.http(SocketAddr::new(a2.into(), 8080));
@@ -1059,7 +1069,8 @@ fn a_deleted_shared_table_is_reinstalled_at_once() {
             .args(["list", "map", "inet", "sandboxd", "egress_fwd"])
             .output()
             .unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains(&format!("s-{short}")) {
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        if listing.contains(&format!("s-{short}")) && listing.contains(&format!("s-{oshort}")) {
             break;
         }
         assert!(

@@ -86,15 +86,28 @@ pub fn install_base() -> Result<(), PolicyError> {
         .map_err(|e| PolicyError(format!("enable ip_forward: {e}")))
 }
 
-/// Whether the base is there (a daemon of an older version deletes and recreates the whole
-/// table at its start; then the caller re-installs the base and every sandbox's policy).
-pub fn base_present() -> bool {
-    Command::new("nft")
+/// The host veths that have a policy in the table (`s-<short>` keys of the `egress_fwd` map),
+/// or `None` if the base is not there (a daemon of an older version deletes and recreates the
+/// whole table at its start; then the caller re-installs the base and every policy).
+pub fn attached() -> Option<Vec<String>> {
+    let out = Command::new("nft")
         .args(["list", "map", "inet", "sandboxd", "egress_fwd"])
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(veths_in(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The quoted `s-*` names in a listing.
+fn veths_in(listing: &str) -> Vec<String> {
+    listing
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|n| n.starts_with("s-"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Whether a line of `nft monitor` may mean the base is gone: the table deleted or flushed
@@ -131,8 +144,8 @@ const BASE_OBJECTS: &[&str] = &[
 ];
 
 /// Follows `nft monitor` and wakes `on_loss` whenever [`base_event`] says the base may be
-/// gone (and once at every (re)start of the monitor, for what it could have missed). A
-/// monitor that ends is restarted after a second. Runs until the process ends.
+/// gone. A monitor that ends is restarted after a second (the caller's periodic check covers
+/// what happened meanwhile). Runs until the process ends.
 pub async fn watch_base(on_loss: std::sync::Arc<tokio::sync::Notify>) {
     use tokio::io::AsyncBufReadExt;
     loop {
@@ -154,7 +167,6 @@ pub async fn watch_base(on_loss: std::sync::Arc<tokio::sync::Notify>) {
         }
         let child = cmd.spawn();
         if let Ok(mut child) = child {
-            on_loss.notify_one();
             if let Some(out) = child.stdout.take() {
                 let mut lines = tokio::io::BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -542,6 +554,13 @@ pub fn denied_total(short: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attached_veths_are_read_from_the_map_listing() {
+        let listing = "table inet sandboxd {\n\tmap egress_fwd {\n\t\ttype ifname : verdict\n\t\telements = { \"s-aaaaaaaaaaaa\" : jump eg-aaaaaaaaaaaa,\n\t\t\t     \"s-bbbbbbbbbbbb\" : jump eg-bbbbbbbbbbbb }\n\t}\n}\n";
+        assert_eq!(veths_in(listing), vec!["s-aaaaaaaaaaaa", "s-bbbbbbbbbbbb"]);
+        assert!(veths_in("table inet sandboxd {\n}\n").is_empty());
+    }
 
     #[test]
     fn base_events() {

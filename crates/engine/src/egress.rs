@@ -184,16 +184,31 @@ impl Engine {
         self.runtime.egress_denied(&id.to_string())
     }
 
-    /// If the shared table lost this daemon's objects (another process recreated it),
-    /// re-installs the base chains and the policy of every sandbox that holds a network.
+    /// If the shared table lost this daemon's objects (another process recreated it; another
+    /// daemon on the host may already have put its own base back), re-installs the base chains
+    /// and the policy of every sandbox that holds a network.
     pub async fn reconcile_egress(&self) {
-        if tokio::task::spawn_blocking(sandboxd_egress::nft::base_present)
+        let attached = tokio::task::spawn_blocking(sandboxd_egress::nft::attached)
             .await
-            .unwrap_or(true)
-        {
-            return;
+            .ok()
+            .flatten();
+        let expected: Vec<String> = self
+            .meta
+            .all_sandboxes()
+            .unwrap_or_default()
+            .iter()
+            .filter(|sb| sb.net.is_some() && sb.state.expects_container())
+            .map(|sb| format!("s-{}", &sb.id.to_string().replace('-', "")[..12]))
+            .collect();
+        match attached {
+            Some(have) if expected.iter().all(|v| have.contains(v)) => {}
+            _ => self.reinstall_egress().await,
         }
-        warn!("egress firewall base chains missing; re-installing them and every policy");
+    }
+
+    /// Re-installs the base chains and every sandbox's policy (the table was deleted).
+    pub async fn reinstall_egress(&self) {
+        warn!("egress firewall objects missing; re-installing the base and every policy");
         if let Err(e) = tokio::task::spawn_blocking(sandboxd_egress::nft::install_base).await {
             warn!(error = %e, "re-install egress base");
         }
