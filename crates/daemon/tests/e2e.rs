@@ -984,20 +984,7 @@ fn exposed_ports_serve_a_preview_url_until_revoked() {
     let d = Daemon::start();
     let sb = d.create(json!({"name": "web", "sandbox_template_id": "sb-debian-12-python"}));
     let id = sb["id"].as_str().unwrap();
-    let (exit, _, err) = d.exec(
-        id,
-        "sh",
-        &["-c", "mkdir -p /srv && echo hello-port > /srv/hi.txt"],
-    );
-    assert_eq!(exit["exit_code"], 0, "{err}");
-    let r = dp(
-        &d.url,
-        &d.key,
-        id,
-        "/v1/processes/start",
-        json!({"program": "python3", "args": common::HTTP_SERVER}),
-    );
-    assert_eq!(r.status, 200, "{}", r.raw);
+    common::serve_srv(&d, id, "mkdir -p /srv && echo hello-port > /srv/hi.txt");
     let ports = format!("{}/{id}/ports", d.sandboxes_url("default", "default"));
 
     for (body, field) in [
@@ -1034,14 +1021,7 @@ fn exposed_ports_serve_a_preview_url_until_revoked() {
     );
     assert_eq!(listed.body["ports"][0]["preview_url"], url.as_str());
 
-    let mut got = (0, String::new());
-    for _ in 0..50 {
-        got = common::get_public(&format!("{url}hi.txt"));
-        if got.0 == 200 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let got = common::get_public_ok(&format!("{url}hi.txt"));
     assert_eq!(got, (200, "hello-port\n".to_string()), "{}", d.log());
 
     // A chosen slug rotates the URL; the old one stops at once. A slug in use is a 409.
@@ -1188,19 +1168,7 @@ fn preview_urls_on_a_wildcard_domain() {
     let d = Daemon::start_with(&["--preview-domain=Preview.Test."]);
     let sb = d.create(json!({"name": "web2", "sandbox_template_id": "sb-debian-12-python"}));
     let id = sb["id"].as_str().unwrap();
-    d.exec(
-        id,
-        "sh",
-        &["-c", "mkdir -p /srv/sub && echo deep > /srv/sub/x.txt"],
-    );
-    let r = dp(
-        &d.url,
-        &d.key,
-        id,
-        "/v1/processes/start",
-        json!({"program": "python3", "args": common::HTTP_SERVER}),
-    );
-    assert_eq!(r.status, 200, "{}", r.raw);
+    common::serve_srv(&d, id, "mkdir -p /srv/sub && echo deep > /srv/sub/x.txt");
     let ports = format!("{}/{id}/ports", d.sandboxes_url("default", "default"));
     let r = call(
         &d.key,

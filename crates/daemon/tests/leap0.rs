@@ -737,20 +737,7 @@ fn presigned_urls_expose_a_sandbox_port_until_revoked_or_expired() {
     let d = Daemon::start();
     let sb = create(&d, json!({"template_name": "sb-debian-12-python"}));
     let id = sb["id"].as_str().unwrap();
-    let (exit, _, err) = d.exec(
-        id,
-        "sh",
-        &["-c", "mkdir -p /srv && echo hello-preview > /srv/hi.txt"],
-    );
-    assert_eq!(exit["exit_code"], 0, "{err}");
-    let r = common::dp(
-        &d.url,
-        &d.key,
-        id,
-        "/v1/processes/start",
-        json!({"program": "python3", "args": common::HTTP_SERVER}),
-    );
-    assert_eq!(r.status, 200, "{}", r.raw);
+    common::serve_srv(&d, id, "mkdir -p /srv && echo hello-preview > /srv/hi.txt");
 
     // Bad requests name the field.
     for (body, field) in [
@@ -797,14 +784,7 @@ fn presigned_urls_expose_a_sandbox_port_until_revoked_or_expired() {
     assert!(url.contains(r.body["token"].as_str().unwrap()), "{url}");
 
     // No key needed: the token is the credential. The server may still be starting.
-    let mut got = (0, String::new());
-    for _ in 0..50 {
-        got = get_public(&format!("{url}hi.txt"));
-        if got.0 == 200 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let got = common::get_public_ok(&format!("{url}hi.txt"));
     assert_eq!(got, (200, "hello-preview\n".to_string()), "{}", d.log());
     let (status, listing) = get_public(&format!("{url}?x=1"));
     assert_eq!(status, 200);

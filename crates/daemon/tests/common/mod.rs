@@ -65,6 +65,37 @@ pub const HTTP_SERVER: [&str; 2] = [
     "import functools, http.server as h, socketserver as s\ns.ThreadingTCPServer.allow_reuse_address = True\ns.ThreadingTCPServer(('0.0.0.0', 8000), functools.partial(h.SimpleHTTPRequestHandler, directory='/srv')).serve_forever()",
 ];
 
+/// Runs `setup` (a shell line, e.g. writing files under /srv) in the sandbox, then starts
+/// [`HTTP_SERVER`] there in the background.
+#[allow(dead_code)]
+pub fn serve_srv(d: &Daemon, id: &str, setup: &str) {
+    let (exit, out, err) = d.exec(id, "sh", &["-c", setup]);
+    assert_eq!(exit["exit_code"], 0, "{setup}: {out}{err}");
+    let r = dp(
+        &d.url,
+        &d.key,
+        id,
+        "/v1/processes/start",
+        serde_json::json!({"program": "python3", "args": HTTP_SERVER}),
+    );
+    assert_eq!(r.status, 200, "{}", r.raw);
+}
+
+/// [`get_public`] until it answers 200 (the server may still be starting), for up to 10 s;
+/// returns the last answer.
+#[allow(dead_code)]
+pub fn get_public_ok(url: &str) -> (u16, String) {
+    let mut got = (0, String::new());
+    for _ in 0..50 {
+        got = get_public(url);
+        if got.0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    got
+}
+
 /// GET without any key (preview URLs are public); returns (status, body).
 #[allow(dead_code)]
 pub fn get_public(url: &str) -> (u16, String) {
