@@ -1,7 +1,8 @@
 //! The preview proxy: `ANY /p/{token}/{*path}` is forwarded to the sandbox port the token was
 //! issued for (HTTP/1.1, the request and response streamed as they come). No API key: the
 //! token is the credential. Errors: 404 for an unknown, expired or revoked token, 503 while
-//! the sandbox is not running, 502 when nothing answers on the port.
+//! the sandbox is not running, 502 when nothing answers on the port, 504 when the server
+//! there sends no response head within 120 s (a streamed body may take as long as it needs).
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use crate::error::ApiError;
 use crate::AppState;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the sandbox's server may take to send its response head (504 after).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -152,9 +155,25 @@ async fn forward(st: &AppState, token: &str, path: &str, req: Request) -> Respon
         // One request per connection to the sandbox; the client side keeps its own.
         parts.headers.remove(header::CONNECTION);
     }
-    let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp,
-        Err(e) => return bad_gateway(e),
+    let sent = tokio::time::timeout(
+        RESPONSE_TIMEOUT,
+        sender.send_request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let mut resp = match sent {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return bad_gateway(e),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                format!(
+                    "the sandbox's server did not answer within {} s",
+                    RESPONSE_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response()
+        }
     };
     if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
         let server = hyper::upgrade::on(&mut resp);
