@@ -33,8 +33,12 @@ pub(crate) fn routes() -> Router<AppState> {
 /// The public URL of a token on this server: `<public_url>/p/<token>/`, or with a preview
 /// domain `<scheme>://<token>.<domain>[:<public_url's port>]/`.
 pub(crate) fn url_of(st: &AppState, token: &str) -> String {
-    let base = st.public_url.trim_end_matches('/');
-    match &st.preview_domain {
+    url_for(&st.public_url, st.preview_domain.as_deref(), token)
+}
+
+fn url_for(public_url: &str, preview_domain: Option<&str>, token: &str) -> String {
+    let base = public_url.trim_end_matches('/');
+    match preview_domain {
         Some(domain) => {
             let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
             let authority = rest.split('/').next().unwrap_or(rest);
@@ -200,4 +204,26 @@ fn bad_gateway(e: hyper::Error) -> Response {
         "the sandbox's server closed the connection or answered invalid HTTP",
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_take_the_path_or_the_host_form() {
+        let tok = "0123456789abcdef";
+        assert_eq!(
+            url_for("http://127.0.0.1:8080/", None, tok),
+            "http://127.0.0.1:8080/p/0123456789abcdef/"
+        );
+        assert_eq!(
+            url_for("https://api.example.com", Some("preview.example.com"), tok),
+            "https://0123456789abcdef.preview.example.com/"
+        );
+        assert_eq!(
+            url_for("http://127.0.0.1:8080", Some("preview.localhost"), tok),
+            "http://0123456789abcdef.preview.localhost:8080/"
+        );
+    }
 }

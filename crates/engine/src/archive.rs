@@ -415,3 +415,33 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_name_the_snapshot_and_the_chunk() {
+        let id = Uuid::nil();
+        let msg = |e: StoreError| store_failure(id, &e).to_string();
+        let corrupt = msg(StoreError::Corrupt {
+            hash: "ab12".into(),
+        });
+        assert!(
+            corrupt.contains(&id.to_string())
+                && corrupt.contains("chunk ab12 is corrupt")
+                && corrupt.contains("failed verification")
+                && corrupt.ends_with("nothing was changed"),
+            "{corrupt}"
+        );
+        assert!(msg(StoreError::MissingBlob {
+            hash: "cd34".into()
+        })
+        .contains("chunk cd34 is missing"));
+        assert!(msg(StoreError::NotFound {
+            snapshot_id: "snap-x".into()
+        })
+        .contains("not in the store"));
+        assert_eq!(store_id(id), format!("snap-{id}"));
+    }
+}
