@@ -75,6 +75,25 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
+/// An integer field of a JSON object: `None` when absent or null (an error if `required`),
+/// 400 naming the field when it is not an integer.
+pub fn int_field(
+    v: &serde_json::Value,
+    field: &str,
+    required: bool,
+) -> Result<Option<i64>, ApiError> {
+    match v.get(field) {
+        None | Some(serde_json::Value::Null) if required => {
+            Err(ApiError::invalid(field, "is required"))
+        }
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(x) => x
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(field, "must be an integer")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

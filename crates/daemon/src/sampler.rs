@@ -39,7 +39,7 @@ fn reading(u: &sandboxd_runtime::Usage) -> HostReading {
         net_rx_bytes: u.net_rx_bytes,
         net_tx_bytes: u.net_tx_bytes,
         cgroup_oom_kills: u.oom_kills,
-        agent_oom_kills: 0,
+        agent_oom_kills: None,
         egress_denied: 0,
     }
 }
@@ -107,14 +107,13 @@ impl Sampler {
                         .agent_asked
                         .get(&o.id)
                         .is_none_or(|at| at.elapsed() >= AGENT_EVERY);
-                    let fresh = if due {
+                    let agent = if due {
                         self.agent_asked.insert(o.id, Instant::now());
                         o.net
                             .and_then(|n| self.engine.agent_oom_kills(n, AGENT_TIMEOUT))
                     } else {
                         None
                     };
-                    let agent = fresh.unwrap_or_else(|| t.agent_oom_kills_seen());
                     HostReading {
                         egress_denied: denied.get(&o.id).copied().unwrap_or(0),
                         agent_oom_kills: agent,

@@ -311,22 +311,7 @@ fn sandbox_ip(d: &Daemon, id: &str) -> String {
 
 fn denied(id: &str) -> u64 {
     let short: String = id.chars().filter(|c| *c != '-').take(12).collect();
-    let out = Command::new("nft")
-        .args([
-            "list",
-            "counter",
-            "inet",
-            "sandboxd",
-            &format!("eg-{short}-denied"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    sandboxd_egress::nft::denied_total(&short)
 }
 
 #[test]
@@ -828,12 +813,20 @@ fn https_server(
     (ca.pem(), seen)
 }
 
-#[test]
-fn transform_injects_a_secret_the_sandbox_never_holds() {
-    const SECRET: &str = "tok-9f2c4e7a1b3d5f60-brokered";
+/// A daemon with the node resolver and a test "internet" serving HTTPS for `secure.test` at
+/// .2 with its own CA, which the daemon's proxy trusts: returns the daemon, the internet, the
+/// CA file (remove it when done) and the request heads the server saw.
+fn tls_internet(
+    tag: &str,
+) -> (
+    Daemon,
+    Internet,
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     // The upstream CA file must exist before the daemon starts; the octet is not known yet,
     // so the server (and its CA) is made after, and the file rewritten in place.
-    let ca_file = std::env::temp_dir().join(format!("egress-test-ca-{}.pem", std::process::id()));
+    let ca_file = std::env::temp_dir().join(format!("egress-{tag}-ca-{}.pem", std::process::id()));
     std::fs::write(&ca_file, "").unwrap();
     let mut d = Daemon::start_with(&[
         "--egress-dns-upstream=198.18.{octet}.53",
@@ -847,6 +840,13 @@ fn transform_injects_a_secret_the_sandbox_never_holds() {
     // Restart on the same data dir so the proxy trusts the test CA.
     d.kill9();
     d.spawn();
+    (d, inet, ca_file, seen)
+}
+
+#[test]
+fn transform_injects_a_secret_the_sandbox_never_holds() {
+    const SECRET: &str = "tok-9f2c4e7a1b3d5f60-brokered";
+    let (d, _inet, ca_file, seen) = tls_internet("test");
 
     let c = call(
         &d.key,
@@ -978,19 +978,8 @@ fn transform_injects_a_secret_the_sandbox_never_holds() {
 #[test]
 #[ignore]
 fn bench_proxy_path_latency() {
-    let ca_file = std::env::temp_dir().join(format!("egress-bench-ca-{}.pem", std::process::id()));
-    std::fs::write(&ca_file, "").unwrap();
-    let mut d = Daemon::start_with(&[
-        "--egress-dns-upstream=198.18.{octet}.53",
-        &format!("--egress-upstream-ca={}", ca_file.display()),
-    ]);
-    let inet = Internet::new(d.octet);
+    let (d, inet, ca_file, _seen) = tls_internet("bench");
     let a2 = inet.ip(2);
-    dns_server(&inet, vec![("secure.test", a2)]);
-    let (ca_pem, _seen) = https_server(&inet, SocketAddr::new(a2.into(), 443), "secure.test");
-    std::fs::write(&ca_file, &ca_pem).unwrap();
-    d.kill9();
-    d.spawn();
     let c = call(
         &d.key,
         "POST",

@@ -158,13 +158,7 @@ impl Engine {
             return;
         };
         for sb in all {
-            let short: String = sb
-                .id
-                .to_string()
-                .chars()
-                .filter(|c| *c != '-')
-                .take(12)
-                .collect();
+            let short = sandboxd_runtime::gvisor::short_of(&sb.id.to_string());
             let Some(&n) = now.get(&short) else { continue };
             let before = seen.insert(short, n).unwrap_or(0);
             if n > before {
@@ -198,7 +192,12 @@ impl Engine {
             .unwrap_or_default()
             .iter()
             .filter(|sb| sb.net.is_some() && sb.state.expects_container())
-            .map(|sb| format!("s-{}", &sb.id.to_string().replace('-', "")[..12]))
+            .map(|sb| {
+                format!(
+                    "s-{}",
+                    sandboxd_runtime::gvisor::short_of(&sb.id.to_string())
+                )
+            })
             .collect();
         match attached {
             Some(have) if expected.iter().all(|v| have.contains(v)) => {}

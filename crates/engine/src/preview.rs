@@ -53,13 +53,18 @@ fn random_token() -> String {
     hex::encode(raw)
 }
 
+/// A TCP port number, 1..65535.
+fn port_number(port: i64) -> Result<u16, CoreError> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| CoreError::invalid("port", "must be from 1 to 65535"))
+}
+
 /// A port a client may publish: 1..65535 except the agent's (publishing it would hand the
 /// sandbox's control channel to anyone with the URL).
 fn public_port(port: i64) -> Result<u16, CoreError> {
-    let p = u16::try_from(port)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| CoreError::invalid("port", "must be from 1 to 65535"))?;
+    let p = port_number(port)?;
     if p == sandboxd_agent::proto::AGENT_PORT {
         return Err(CoreError::invalid(
             "port",
@@ -190,10 +195,7 @@ impl Engine {
         sandbox: SandboxId,
         port: i64,
     ) -> Result<(), EngineError> {
-        let port = u16::try_from(port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| CoreError::invalid("port", "must be from 1 to 65535"))?;
+        let port = port_number(port)?;
         self.get_sandbox(tenant, sandbox)?;
         for u in self
             .exposures(sandbox)?

@@ -20,8 +20,9 @@ pub struct HostReading {
     pub net_tx_bytes: u64,
     /// OOM kills in its current cgroup.
     pub cgroup_oom_kills: u64,
-    /// Processes its agent's memory watchdog killed (since the agent started).
-    pub agent_oom_kills: u64,
+    /// Processes its agent's memory watchdog killed (since the agent started); `None` when
+    /// the agent was not asked or did not answer (the last count holds).
+    pub agent_oom_kills: Option<u64>,
     /// Connections and packets its egress policy refused (firewall drops + proxy refusals).
     pub egress_denied: u64,
 }
@@ -66,11 +67,6 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// The agent watchdog count last read (0 before any).
-    pub fn agent_oom_kills_seen(&self) -> u64 {
-        self.agent_ooms.prev.unwrap_or(0)
-    }
-
     /// A tracker resuming counts from the last stored values.
     pub fn resume(restarts: Option<f64>, oom_kills: Option<f64>) -> Self {
         Tracker {
@@ -98,11 +94,13 @@ impl Tracker {
         // the whole sandbox; each counter kept monotonic over resets.
         if let Some(h) = host {
             if std::mem::take(&mut self.oom_base_has_live) {
-                let live = (h.cgroup_oom_kills + h.agent_oom_kills) as f64;
+                let live = (h.cgroup_oom_kills + h.agent_oom_kills.unwrap_or(0)) as f64;
                 self.oom_base = (self.oom_base - live).max(0.0);
             }
             self.cgroup_ooms.update(h.cgroup_oom_kills);
-            self.agent_ooms.update(h.agent_oom_kills);
+            if let Some(a) = h.agent_oom_kills {
+                self.agent_ooms.update(a);
+            }
         }
         let live_ooms = self.cgroup_ooms.value() + self.agent_ooms.value();
         s[Metric::OomKills as usize] = Some(self.oom_base + (oom_deaths + live_ooms) as f64);
@@ -183,7 +181,7 @@ mod tests {
     fn oom_kills_stay_monotonic_over_resets_and_restarts() {
         let h = |cg, ag| HostReading {
             cgroup_oom_kills: cg,
-            agent_oom_kills: ag,
+            agent_oom_kills: Some(ag),
             ..Default::default()
         };
         let oom = |s: Sample| s[Metric::OomKills as usize].unwrap();

@@ -19,7 +19,7 @@ use sandboxd_core::{Lifetime, Principal, Sandbox, SandboxId, Tenant};
 use sandboxd_engine::CreateSandbox;
 use serde_json::{json, Value};
 
-use crate::body::read_json;
+use crate::body::{int_field, read_json};
 use crate::error::{ApiError, Dialect};
 use crate::AppState;
 
@@ -282,18 +282,8 @@ async fn create_presigned(
     let (_, t) = caller(&st, &headers)?;
     let sid = sandbox_id(&id)?;
     let req: Value = read_json(body, false).await?;
-    let int = |field: &str, required: bool| -> Result<Option<i64>, ApiError> {
-        match req.get(field) {
-            None | Some(Value::Null) if !required => Ok(None),
-            None | Some(Value::Null) => Err(ApiError::invalid(field, "is required")),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid(field, "must be an integer")),
-        }
-    };
-    let port = int("port", true)?.unwrap_or_default();
-    let ttl = int("expires_in", false)?;
+    let port = int_field(&req, "port", true)?.unwrap_or_default();
+    let ttl = int_field(&req, "expires_in", false)?;
     let issued = st.engine.create_preview(&t, sid, port, ttl)?;
     let u = &issued.url;
     Ok(created(json!({

@@ -10,7 +10,7 @@ use sandboxd_core::PreviewUrl;
 use serde_json::{json, Value};
 
 use super::{sandbox_ref, tenant, InSandbox, P};
-use crate::body::read_json;
+use crate::body::{int_field, read_json};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -48,12 +48,7 @@ async fn expose(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: Value = read_json(body, false).await?;
-    let port = match req.get("port") {
-        None | Some(Value::Null) => return Err(ApiError::invalid("port", "is required")),
-        Some(v) => v
-            .as_i64()
-            .ok_or_else(|| ApiError::invalid("port", "must be an integer"))?,
-    };
+    let port = int_field(&req, "port", true)?.unwrap_or_default();
     let slug = match req.get("slug") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.as_str()),

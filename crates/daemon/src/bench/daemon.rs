@@ -34,9 +34,7 @@ pub struct Daemon {
 }
 
 /// The 12-hex-char name a sandbox's host objects carry (netns `sbx-<short>`, cgroup).
-pub fn short_of(id: &str) -> String {
-    id.chars().filter(|c| *c != '-').take(12).collect()
-}
+pub use sandboxd_runtime::gvisor::short_of;
 
 impl Daemon {
     pub fn start(o: &DaemonOpts) -> anyhow::Result<Daemon> {
