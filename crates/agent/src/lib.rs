@@ -8,4 +8,5 @@
 pub mod memory;
 pub mod proto;
 pub mod server;
+pub mod session;
 mod spawn;

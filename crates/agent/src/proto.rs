@@ -88,6 +88,30 @@ pub enum Request {
     Reidentify {
         hostname: String,
     },
+    /// Creates a session (pty or pipes); replies `Session`.
+    SessionCreate(SessionSpec),
+    /// Creates a session and attaches to it on this connection (see [`frame`]).
+    SessionOpen(SessionSpec),
+    /// Attaches to a session: replies `Session`, then the session's kept output (a pty's
+    /// scrollback) and its live output as frames, while the connection's frames go to it.
+    SessionAttach {
+        id: String,
+    },
+    SessionList,
+    SessionGet {
+        id: String,
+    },
+    SessionResize {
+        id: String,
+        cols: u16,
+        rows: u16,
+    },
+    /// Signals the session's process group (default SIGKILL); with `remove`, forgets it.
+    SessionKill {
+        id: String,
+        signal: Option<i32>,
+        remove: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -183,6 +207,10 @@ pub enum Reply {
         items: Vec<FileInfo>,
     },
     Stat(FileInfo),
+    Session(SessionInfo),
+    Sessions {
+        items: Vec<SessionInfo>,
+    },
     Error {
         /// "not_found", "invalid", "exists", "not_dir", "is_dir", "permission", "io".
         code: String,
@@ -224,5 +252,102 @@ mod tests {
     fn replies_are_tagged() {
         let s = serde_json::to_string(&Reply::error("not_found", "x")).unwrap();
         assert_eq!(s, r#"{"type":"error","code":"not_found","message":"x"}"#);
+    }
+}
+
+/// A terminal (pty) or piped process a client attaches to as a byte stream
+/// (`SessionAttach`/`SessionOpen`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SessionSpec {
+    /// Caller-chosen id (unique in the sandbox); generated when absent.
+    pub id: Option<String>,
+    /// argv; a login shell (`bash -l`, else `sh -l`) when absent.
+    pub argv: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    /// A pseudo-terminal of `cols` x `rows`; otherwise stdin/stdout/stderr are pipes.
+    #[serde(default)]
+    pub pty: bool,
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+    /// `TERM` for a pty (default `xterm-256color`).
+    pub term: Option<String>,
+    /// Start the process at the first attach instead of now.
+    #[serde(default)]
+    pub lazy: bool,
+    /// Kill the process group when the last client detaches (exec/sftp over SSH).
+    #[serde(default)]
+    pub kill_on_detach: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub env: Vec<(String, String)>,
+    pub pty: bool,
+    pub cols: u16,
+    pub rows: u16,
+    pub lazy: bool,
+    /// The process has been started (false while a lazy session waits for its first attach).
+    pub started: bool,
+    /// The process is running.
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Clients attached now.
+    pub attached: u32,
+    pub created_at_ms: u64,
+}
+
+/// After a `Session` reply to `SessionAttach`/`SessionOpen`, the connection carries frames:
+/// one kind byte, a big-endian u32 length, the payload.
+pub mod frame {
+    /// agent -> host: terminal output / stdout bytes.
+    pub const STDOUT: u8 = 1;
+    /// agent -> host: stderr bytes (pipe sessions).
+    pub const STDERR: u8 = 2;
+    /// agent -> host: the process ended; payload is JSON `{"exit_code":i32,"signal":i32|null}`.
+    /// Nothing follows it.
+    pub const EXIT: u8 = 3;
+    /// host -> agent: input bytes.
+    pub const INPUT: u8 = 1;
+    /// host -> agent: close stdin (pipes) / send ^D (pty).
+    pub const EOF: u8 = 2;
+    /// host -> agent: new size, payload two big-endian u16: cols, rows.
+    pub const RESIZE: u8 = 3;
+    /// host -> agent: a signal (big-endian i32) to the foreground process group.
+    pub const SIGNAL: u8 = 4;
+    /// Largest payload either side sends.
+    pub const MAX_PAYLOAD: usize = 1 << 20;
+
+    pub fn header(kind: u8, len: usize) -> [u8; 5] {
+        let l = (len as u32).to_be_bytes();
+        [kind, l[0], l[1], l[2], l[3]]
+    }
+
+    pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(5 + payload.len());
+        v.extend_from_slice(&header(kind, payload.len()));
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// Payload of an `EXIT` frame.
+    #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
+    pub struct Exit {
+        pub exit_code: i32,
+        pub signal: Option<i32>,
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn header_is_kind_then_big_endian_length() {
+            assert_eq!(super::header(3, 0x0102_0304), [3, 1, 2, 3, 4]);
+            assert_eq!(super::encode(1, b"hi"), vec![1, 0, 0, 0, 2, b'h', b'i']);
+        }
     }
 }

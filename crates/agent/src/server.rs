@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
 use crate::proto::{FileInfo, ProcInfo, Reply, Request, StartSpec, MAX_REQUEST_BYTES};
+use crate::session::{Session, SessionError, Sessions};
 
 /// Output kept per process; past it, output is read and dropped.
 const MAX_OUTPUT_BYTES: usize = 32 * 1024 * 1024;
@@ -62,6 +63,8 @@ struct Table {
     by_os_pid: HashMap<i32, u32>,
     next_pid: u32,
     live_children: usize,
+    /// Session processes by host-visible pid, for the reaper.
+    session_pids: HashMap<i32, Arc<Session>>,
 }
 
 /// Shared agent state: the process table and one condition variable for every change in it.
@@ -71,6 +74,7 @@ pub struct Agent {
     changed: Condvar,
     /// Process groups the memory watchdog killed.
     oom_kills: std::sync::atomic::AtomicU64,
+    sessions: Sessions,
 }
 
 impl Agent {
@@ -113,7 +117,12 @@ impl Agent {
                 continue;
             }
             let Some(pid) = table.by_os_pid.remove(&os_pid) else {
-                continue; // an orphan re-parented to init
+                if let Some(session) = table.session_pids.remove(&os_pid) {
+                    table.live_children = table.live_children.saturating_sub(1);
+                    drop(table);
+                    session.exited(status);
+                }
+                continue; // otherwise an orphan re-parented to init
             };
             table.live_children = table.live_children.saturating_sub(1);
             if let Some(p) = table.procs.get_mut(&pid) {
@@ -574,8 +583,101 @@ impl Agent {
                 Err(e) => io_error(&from, e),
             },
             Request::Reidentify { hostname } => reidentify(&hostname),
+            Request::SessionCreate(spec) => match self.create_session(spec) {
+                Ok(s) => Reply::Session(s.info()),
+                Err(e) => e.into(),
+            },
+            Request::SessionList => Reply::Sessions {
+                items: self.sessions.list(),
+            },
+            Request::SessionGet { id } => match self.sessions.get(&id) {
+                Some(s) => Reply::Session(s.info()),
+                None => session_not_found(&id),
+            },
+            Request::SessionResize { id, cols, rows } => match self.sessions.get(&id) {
+                Some(s) => match s.resize(cols, rows) {
+                    Ok(()) => Reply::Session(s.info()),
+                    Err(e) => e.into(),
+                },
+                None => session_not_found(&id),
+            },
+            Request::SessionKill { id, signal, remove } => {
+                let found = if remove {
+                    self.sessions.remove(&id)
+                } else {
+                    self.sessions.get(&id)
+                };
+                match found {
+                    Some(s) => Reply::Killed {
+                        count: u32::from(s.signal(signal.unwrap_or(libc::SIGKILL))),
+                    },
+                    None => session_not_found(&id),
+                }
+            }
+            // Served by `serve_conn`, which hands the connection over to the session.
+            Request::SessionOpen(_) | Request::SessionAttach { .. } => {
+                Reply::error("invalid", "sessions are attached on a connection of their own")
+            }
         };
         write_reply(out, &reply)
+    }
+
+    /// Registers a session and, unless it is lazy, starts its process.
+    fn create_session(
+        &self,
+        spec: crate::proto::SessionSpec,
+    ) -> Result<Arc<Session>, SessionError> {
+        let lazy = spec.lazy;
+        let s = self.sessions.create(spec)?;
+        if !lazy {
+            if let Err(e) = self.start_session(&s) {
+                self.sessions.remove(s.id());
+                return Err(e);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Starts a session's process under the table lock, so the reaper knows it.
+    fn start_session(&self, s: &Arc<Session>) -> Result<(), SessionError> {
+        let mut table = self.lock();
+        if let Some(started) = s.start()? {
+            table.session_pids.insert(started.os_pid, Arc::clone(s));
+            table.live_children += 1;
+            drop(table);
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// `SessionOpen` / `SessionAttach`: replies on `out`, then pumps frames until either side
+    /// ends. Returns false when the connection is finished.
+    fn attach_session(
+        self: &Arc<Self>,
+        req: Request,
+        input: &mut dyn BufRead,
+        stream: &TcpStream,
+    ) -> std::io::Result<()> {
+        let mut out = stream.try_clone()?;
+        let session = match req {
+            Request::SessionOpen(spec) => self.create_session(spec),
+            Request::SessionAttach { id } => match self.sessions.get(&id) {
+                Some(s) => self.start_session(&s).map(|()| s),
+                None => Err(SessionError {
+                    code: "not_found",
+                    message: format!("session {id} not found"),
+                }),
+            },
+            _ => unreachable!("only session requests are attached"),
+        };
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => return write_reply(&mut out, &e.into()),
+        };
+        let att = session.attach_client();
+        write_reply(&mut out, &Reply::Session(session.info()))?;
+        crate::session::pump(att, input, out);
+        Ok(())
     }
 
     fn write_stdin(&self, pid: u32, data: &str, eof: bool) -> Reply {
@@ -615,6 +717,16 @@ impl StartError {
     }
 }
 
+impl From<SessionError> for Reply {
+    fn from(e: SessionError) -> Reply {
+        Reply::error(e.code, e.message)
+    }
+}
+
+fn session_not_found(id: &str) -> Reply {
+    Reply::error("not_found", format!("session {id} not found"))
+}
+
 impl From<StartError> for Reply {
     fn from(e: StartError) -> Reply {
         Reply::error(e.code, e.message)
@@ -640,7 +752,7 @@ fn evict_exited(table: &mut Table) {
 /// The directory processes start in and relative file paths resolve against.
 pub const WORKSPACE: &str = "/workspace";
 
-fn default_cwd() -> String {
+pub(crate) fn default_cwd() -> String {
     if Path::new(WORKSPACE).is_dir() {
         WORKSPACE.into()
     } else if Path::new("/root").is_dir() {
@@ -650,7 +762,7 @@ fn default_cwd() -> String {
     }
 }
 
-fn resolve(prog: &str, path_var: &str, cwd: &str) -> Option<String> {
+pub(crate) fn resolve(prog: &str, path_var: &str, cwd: &str) -> Option<String> {
     let is_exec = |p: &Path| {
         p.metadata()
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -905,6 +1017,13 @@ fn serve_conn(agent: Arc<Agent>, stream: TcpStream) {
             return;
         }
         let res = match serde_json::from_slice::<Request>(&line) {
+            Ok(req @ (Request::SessionOpen(_) | Request::SessionAttach { .. })) => {
+                if writer.flush().is_err() {
+                    return;
+                }
+                let _ = agent.attach_session(req, &mut reader, writer.get_ref());
+                return;
+            }
             Ok(req) => agent.handle(req, &mut writer),
             Err(e) => write_reply(
                 &mut writer,
@@ -949,6 +1068,157 @@ mod tests {
                 a
             })
             .clone()
+    }
+
+    /// A client of a session connection: reads frames until `want` shows up in the output.
+    struct Client {
+        reader: BufReader<TcpStream>,
+        writer: TcpStream,
+        output: Vec<u8>,
+    }
+
+    impl Client {
+        fn open(req: &Request) -> (Client, Reply) {
+            static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+            let addr = *ADDR.get_or_init(|| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let a = l.local_addr().unwrap();
+                let ag = agent();
+                thread::spawn(move || serve(ag, l));
+                a
+            });
+            let mut writer = TcpStream::connect(addr).unwrap();
+            writer
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut line = serde_json::to_vec(req).unwrap();
+            line.push(b'\n');
+            writer.write_all(&line).unwrap();
+            let mut reader = BufReader::new(writer.try_clone().unwrap());
+            let mut first = Vec::new();
+            reader.read_until(b'\n', &mut first).unwrap();
+            let reply = serde_json::from_slice(&first).unwrap();
+            (
+                Client {
+                    reader,
+                    writer,
+                    output: Vec::new(),
+                },
+                reply,
+            )
+        }
+
+        fn send(&mut self, kind: u8, payload: &[u8]) {
+            self.writer
+                .write_all(&crate::proto::frame::encode(kind, payload))
+                .unwrap();
+        }
+
+        /// Reads frames until the output holds `want`; returns an exit status if one came.
+        fn until(&mut self, want: &str) -> Option<crate::proto::frame::Exit> {
+            loop {
+                if String::from_utf8_lossy(&self.output).contains(want) {
+                    return None;
+                }
+                let mut head = [0u8; 5];
+                self.reader.read_exact(&mut head).unwrap();
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let mut p = vec![0u8; len];
+                self.reader.read_exact(&mut p).unwrap();
+                if head[0] == crate::proto::frame::EXIT {
+                    return Some(serde_json::from_slice(&p).unwrap());
+                }
+                self.output.extend_from_slice(&p);
+            }
+        }
+    }
+
+    fn pty_spec(id: &str) -> crate::proto::SessionSpec {
+        crate::proto::SessionSpec {
+            id: Some(id.into()),
+            argv: Some(vec!["sh".into()]),
+            pty: true,
+            cols: Some(100),
+            rows: Some(30),
+            env: vec![("PS1".into(), "$ ".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pty_session_sizes_resizes_reattaches_and_exits() {
+        use crate::proto::frame;
+        let (mut c, reply) = Client::open(&Request::SessionOpen(pty_spec("t1")));
+        assert!(matches!(reply, Reply::Session(ref i) if i.id == "t1" && i.running));
+        c.send(frame::INPUT, b"stty size; echo mark-$((6*7))\n");
+        assert!(c.until("mark-42").is_none());
+        assert!(String::from_utf8_lossy(&c.output).contains("30 100"));
+        c.send(frame::RESIZE, &[0, 120, 0, 40]);
+        c.send(frame::INPUT, b"stty size; echo again-$((1+1))\n");
+        c.until("again-2");
+        assert!(String::from_utf8_lossy(&c.output).contains("40 120"));
+        drop(c);
+        // Reattach: the scrollback shows what came before.
+        let (mut c2, reply) = Client::open(&Request::SessionAttach { id: "t1".into() });
+        assert!(matches!(reply, Reply::Session(ref i) if i.cols == 120 && i.rows == 40));
+        c2.until("mark-42");
+        c2.send(frame::INPUT, b"exit 3\n");
+        let exit = c2.until("\u{0}never").expect("exit frame");
+        assert_eq!(exit.exit_code, 3);
+        let listed = call(&agent(), Request::SessionGet { id: "t1".into() });
+        assert!(matches!(&listed[0], Reply::Session(i) if !i.running && i.exit_code == Some(3)));
+        let dup = call(&agent(), Request::SessionCreate(pty_spec("t1")));
+        assert!(matches!(&dup[0], Reply::Error { code, .. } if code == "exists"));
+    }
+
+    #[test]
+    fn pipe_session_keeps_streams_apart_and_closes_stdin() {
+        use crate::proto::frame;
+        let spec = crate::proto::SessionSpec {
+            argv: Some(vec!["sh".into(), "-c".into(), "cat; echo err >&2; exit 5".into()]),
+            kill_on_detach: true,
+            ..Default::default()
+        };
+        let (mut c, _) = Client::open(&Request::SessionOpen(spec));
+        c.send(frame::INPUT, b"\x00\xffbinary\n");
+        c.send(frame::EOF, b"");
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let exit = loop {
+            let mut head = [0u8; 5];
+            c.reader.read_exact(&mut head).unwrap();
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut p = vec![0u8; len];
+            c.reader.read_exact(&mut p).unwrap();
+            match head[0] {
+                frame::STDOUT => out.extend(p),
+                frame::STDERR => err.extend(p),
+                _ => break serde_json::from_slice::<frame::Exit>(&p).unwrap(),
+            }
+        };
+        assert_eq!(out, b"\x00\xffbinary\n");
+        assert_eq!(err, b"err\n");
+        assert_eq!(exit.exit_code, 5);
+    }
+
+    #[test]
+    fn pty_signal_interrupts_the_foreground_job() {
+        use crate::proto::frame;
+        let (mut c, _) = Client::open(&Request::SessionOpen(pty_spec("t-int")));
+        c.send(frame::INPUT, b"sleep 30; echo after-$((2+3))\n");
+        thread::sleep(Duration::from_millis(300));
+        c.send(frame::SIGNAL, &libc::SIGINT.to_be_bytes());
+        c.send(frame::INPUT, b"echo alive-$((3+4))\n");
+        c.until("alive-7");
+        assert!(!String::from_utf8_lossy(&c.output).contains("after-5"));
+        call(
+            &agent(),
+            Request::SessionKill {
+                id: "t-int".into(),
+                signal: None,
+                remove: true,
+            },
+        );
     }
 
     fn sh(script: &str) -> StartSpec {

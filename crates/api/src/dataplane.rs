@@ -45,6 +45,63 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/files/mkdir", post(mkdir))
         .route("/v1/files/move", post(move_file))
         .route("/v1/files/remove", post(remove))
+        .route("/v1/pty", axum::routing::get(pty))
+}
+
+/// `GET /v1/pty?program&arg…&cols&rows` (WebSocket): a new terminal running `program` (a login
+/// shell by default), or with `id` a reattach to a running one (its scrollback comes first).
+async fn pty(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    finish(pty_open(st, q, headers, ws).await)
+}
+
+async fn pty_open(
+    st: AppState,
+    q: Option<String>,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> DpResult {
+    let c = ctx(&st, &headers)?;
+    let pairs = crate::query::pairs(q.as_deref());
+    let get = |k: &str| pairs.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let dim = |k: &str| -> Result<Option<u16>, ApiError> {
+        match get(k).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u16>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(Some(n)),
+                _ => Err(ApiError::invalid(k, "must be an integer between 1 and 1000")),
+            },
+        }
+    };
+    let req = match get("id").filter(|v| !v.is_empty()) {
+        Some(id) => Request::SessionAttach { id },
+        None => {
+            let argv = get("program").filter(|p| !p.is_empty()).map(|p| {
+                let mut a = vec![p];
+                a.extend(pairs.iter().filter(|(k, _)| k == "arg").map(|(_, v)| v.clone()));
+                a
+            });
+            Request::SessionOpen(sandboxd_agent::proto::SessionSpec {
+                argv,
+                pty: true,
+                cols: dim("cols")?,
+                rows: dim("rows")?,
+                ..Default::default()
+            })
+        }
+    };
+    let (reply, stream) = c.st.engine.session_attach(&c.principal, c.id, "pty", req).await?;
+    let info = crate::terminal::expect_session(reply)?;
+    let (reader, writer) = stream.ok_or_else(unexpected)?;
+    Ok(ws
+        .on_upgrade(move |socket| {
+            crate::terminal::bridge(socket, info, reader, writer, crate::terminal::Framing::Neev)
+        })
+        .into_response())
 }
 
 /// Every handler's result: errors are rendered in the data-plane shape.

@@ -14,6 +14,7 @@ mod neev;
 mod observe;
 mod preview;
 mod query;
+pub mod terminal;
 
 pub use observe::with_metrics;
 

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sandboxd_agent::proto::{Reply, Request};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use sandboxd_agent::proto::{frame, Reply, Request};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,4 +79,111 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> bool {
         delay = (delay * 2).min(Duration::from_millis(50));
     }
     false
+}
+
+/// What an attached session sends.
+#[derive(Debug)]
+pub enum SessionFrame {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(frame::Exit),
+}
+
+/// Opens a session connection (`SessionOpen` / `SessionAttach`): the agent's first reply, and
+/// when it is `Session`, the two halves of the attached byte stream.
+pub async fn attach(
+    addr: SocketAddr,
+    req: &Request,
+) -> Result<(Reply, Option<(SessionReader, SessionWriter)>), AgentError> {
+    let mut s = open(addr, req).await?;
+    let first = s.next().await.unwrap_or(Err(AgentError::Closed))?;
+    if !matches!(first, Reply::Session(_)) {
+        return Ok((first, None));
+    }
+    // Bytes already buffered past the reply line stay in the reader.
+    let reader = s.reader;
+    let buffered = reader.buffer().to_vec();
+    let stream = reader.into_inner();
+    let (r, w) = stream.into_split();
+    let reader = SessionReader {
+        inner: BufReader::new(Box::new(std::io::Cursor::new(buffered).chain(r))),
+    };
+    Ok((first, Some((reader, SessionWriter { inner: w }))))
+}
+
+type BoxRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+pub struct SessionReader {
+    inner: BufReader<BoxRead>,
+}
+
+impl SessionReader {
+    /// The next frame; `None` when the agent closed the stream.
+    pub async fn next(&mut self) -> Result<Option<SessionFrame>, AgentError> {
+        let mut head = [0u8; 5];
+        match self.inner.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(AgentError::Io(e)),
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > frame::MAX_PAYLOAD {
+            return Err(AgentError::Io(std::io::ErrorKind::InvalidData.into()));
+        }
+        let mut payload = vec![0u8; len];
+        self.inner
+            .read_exact(&mut payload)
+            .await
+            .map_err(AgentError::Io)?;
+        Ok(Some(match head[0] {
+            frame::STDOUT => SessionFrame::Stdout(payload),
+            frame::STDERR => SessionFrame::Stderr(payload),
+            frame::EXIT => {
+                SessionFrame::Exit(serde_json::from_slice(&payload).map_err(AgentError::Protocol)?)
+            }
+            _ => return Err(AgentError::Io(std::io::ErrorKind::InvalidData.into())),
+        }))
+    }
+}
+
+pub struct SessionWriter {
+    inner: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl SessionWriter {
+    async fn send(&mut self, kind: u8, payload: &[u8]) -> Result<(), AgentError> {
+        for chunk in payload.chunks(frame::MAX_PAYLOAD).chain(
+            // An empty payload still makes one frame.
+            std::iter::once(&[][..]).filter(|_| payload.is_empty()),
+        ) {
+            self.inner
+                .write_all(&frame::encode(kind, chunk))
+                .await
+                .map_err(AgentError::Io)?;
+        }
+        Ok(())
+    }
+
+    pub async fn input(&mut self, data: &[u8]) -> Result<(), AgentError> {
+        self.send(frame::INPUT, data).await
+    }
+
+    pub async fn eof(&mut self) -> Result<(), AgentError> {
+        self.send(frame::EOF, &[]).await
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), AgentError> {
+        let mut p = cols.to_be_bytes().to_vec();
+        p.extend_from_slice(&rows.to_be_bytes());
+        self.send(frame::RESIZE, &p).await
+    }
+
+    pub async fn signal(&mut self, sig: i32) -> Result<(), AgentError> {
+        self.send(frame::SIGNAL, &sig.to_be_bytes()).await
+    }
+
+    /// Detaches: the session goes on (unless it was opened with `kill_on_detach`).
+    pub async fn close(mut self) {
+        let _ = self.inner.shutdown().await;
+    }
 }

@@ -595,6 +595,51 @@ impl Engine {
         Ok(agent_client::open(agent_addr(net), &req).await?)
     }
 
+    /// Opens (`SessionOpen`) or attaches to (`SessionAttach`) a session of the sandbox: the
+    /// agent's reply and, when it is a `Session`, the attached stream. Audited as `tool`.
+    pub async fn session_attach(
+        &self,
+        principal: &Principal,
+        id: SandboxId,
+        tool: &str,
+        req: Request,
+    ) -> Result<
+        (
+            Reply,
+            Option<(agent_client::SessionReader, agent_client::SessionWriter)>,
+        ),
+        EngineError,
+    > {
+        let sb = self.running_for(principal, id)?;
+        let net = sb
+            .net
+            .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
+        let (command, target) = match &req {
+            Request::SessionOpen(spec) => (
+                spec.argv.as_deref().and_then(crate::program_of),
+                spec.id.clone(),
+            ),
+            Request::SessionAttach { id } => (None, Some(id.clone())),
+            _ => (None, None),
+        };
+        let started = Instant::now();
+        let result = agent_client::attach(agent_addr(net), &req).await;
+        let reason = match &result {
+            Ok((Reply::Error { code, .. }, _)) => Some(code.clone()),
+            Ok(_) => None,
+            Err(_) => Some("unavailable".to_string()),
+        };
+        self.audit_event(
+            id,
+            tool,
+            command,
+            target,
+            reason,
+            started.elapsed().as_millis() as u64,
+        );
+        Ok(result?)
+    }
+
     /// At shutdown: releases node resources if no sandbox is left.
     pub fn close(&self) {
         if let Err(e) = self.runtime.close_if_idle() {

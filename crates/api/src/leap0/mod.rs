@@ -6,6 +6,7 @@ mod dto;
 mod fs;
 mod multipart;
 mod process;
+mod pty;
 mod search;
 mod snapshots;
 
@@ -45,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         )
         .merge(snapshots::routes())
         .merge(fs::routes())
+        .merge(pty::routes())
 }
 
 /// An error rendered in Leap0's shape (`{message}`; 400 adds `errors: [{field, error}]`).
