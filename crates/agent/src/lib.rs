@@ -5,6 +5,7 @@
 //! The wire protocol ([`proto`]) is JSON lines over TCP: one request line, then one response
 //! line, or for streaming requests a sequence of event lines ending with an `end` event.
 
+pub mod interp;
 pub mod memory;
 pub mod proto;
 pub mod server;

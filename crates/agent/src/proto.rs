@@ -112,6 +112,29 @@ pub enum Request {
         signal: Option<i32>,
         remove: bool,
     },
+    /// Starts a code-interpreter context (a live interpreter); replies `Context`.
+    InterpCreate {
+        id: Option<String>,
+        language: Option<String>,
+        cwd: Option<String>,
+    },
+    InterpList,
+    InterpGet {
+        id: String,
+    },
+    InterpDelete {
+        id: String,
+    },
+    /// Runs code in a context (the default one when none is named): `InterpEvent` lines as
+    /// output comes, then `InterpDone`. On `timeout_ms` the code is interrupted
+    /// (KeyboardInterrupt), the context stays.
+    InterpExecute {
+        context: Option<String>,
+        language: Option<String>,
+        code: String,
+        env: Option<std::collections::HashMap<String, String>>,
+        timeout_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -208,6 +231,20 @@ pub enum Reply {
     },
     Stat(FileInfo),
     Session(SessionInfo),
+    Context(ContextInfo),
+    Contexts {
+        items: Vec<ContextInfo>,
+    },
+    /// One event of a running cell: `{"type":"stdout"|"stderr","text"}`,
+    /// `{"type":"result","is_primary","data":{mime: value}}`,
+    /// `{"type":"error","name","value","traceback":[lines]}`.
+    InterpEvent {
+        event: serde_json::Value,
+    },
+    /// The cell finished: `{"execution_count","ok","timed_out"}`.
+    InterpDone {
+        event: serde_json::Value,
+    },
     Sessions {
         items: Vec<SessionInfo>,
     },
@@ -253,6 +290,18 @@ mod tests {
         let s = serde_json::to_string(&Reply::error("not_found", "x")).unwrap();
         assert_eq!(s, r#"{"type":"error","code":"not_found","message":"x"}"#);
     }
+}
+
+/// A code-interpreter context.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContextInfo {
+    pub id: String,
+    pub language: String,
+    pub cwd: String,
+    pub created_at_ms: u64,
+    /// Cells run so far.
+    pub executions: u64,
+    pub alive: bool,
 }
 
 /// A terminal (pty) or piped process a client attaches to as a byte stream

@@ -75,6 +75,7 @@ pub struct Agent {
     /// Process groups the memory watchdog killed.
     oom_kills: std::sync::atomic::AtomicU64,
     sessions: Sessions,
+    contexts: crate::interp::Contexts,
 }
 
 impl Agent {
@@ -612,6 +613,60 @@ impl Agent {
                         count: u32::from(s.signal(signal.unwrap_or(libc::SIGKILL))),
                     },
                     None => session_not_found(&id),
+                }
+            }
+            Request::InterpCreate { id, language, cwd } => {
+                match self
+                    .contexts
+                    .create(id, language.as_deref().unwrap_or("python"), cwd)
+                {
+                    Ok(c) => Reply::Context(c.info()),
+                    Err(e) => Reply::error(e.code, e.message),
+                }
+            }
+            Request::InterpList => Reply::Contexts {
+                items: self.contexts.list(),
+            },
+            Request::InterpGet { id } => match self.contexts.get(&id) {
+                Some(c) => Reply::Context(c.info()),
+                None => Reply::error("not_found", format!("context {id} not found")),
+            },
+            Request::InterpDelete { id } => {
+                if self.contexts.remove(&id) {
+                    Reply::Ok
+                } else {
+                    Reply::error("not_found", format!("context {id} not found"))
+                }
+            }
+            Request::InterpExecute {
+                context,
+                language,
+                code,
+                env,
+                timeout_ms,
+            } => {
+                if let Some(l) = language.as_deref().filter(|l| *l != "python") {
+                    Reply::error(
+                        "invalid",
+                        format!("language {l:?} is not available here (supported: python)"),
+                    )
+                } else {
+                    match self.contexts.get_or_default(context.as_deref()) {
+                        Err(e) => Reply::error(e.code, e.message),
+                        Ok(ctx) => {
+                            let timeout =
+                                Duration::from_millis(timeout_ms.unwrap_or(30_000).max(1));
+                            let mut emit = |ev: &serde_json::Value| {
+                                write_reply(out, &Reply::InterpEvent { event: ev.clone() })
+                                    .and_then(|_| out.flush())
+                                    .is_ok()
+                            };
+                            match ctx.execute(&code, env.as_ref(), timeout, &mut emit) {
+                                Ok(done) => Reply::InterpDone { event: done },
+                                Err(e) => Reply::error(e.code, e.message),
+                            }
+                        }
+                    }
                 }
             }
             // Served by `serve_conn`, which hands the connection over to the session.

@@ -158,23 +158,38 @@ impl Session {
         Ok(())
     }
 
-    /// Signals the terminal's foreground process group (and the session's own group).
+    /// Signals a session. On a terminal, INT, QUIT and TSTP are typed (^C, ^\\, ^Z) so that the
+    /// line discipline signals the foreground job as a real terminal does (gVisor answers no
+    /// TIOCGPGRP on the master side); any other signal goes to every process of the session.
+    /// A pipe session's process group gets the signal.
     pub fn signal(&self, sig: i32) -> bool {
-        let st = self.lock();
-        let Some(pid) = st.os_pid else { return false };
-        if st.exit.is_some() {
-            return false;
-        }
-        let fg = st.master_fd.and_then(|fd| {
-            // SAFETY: tcgetpgrp only reads the terminal's state for a valid open fd.
-            let g = unsafe { libc::tcgetpgrp(fd) };
-            (g > 0).then_some(g)
-        });
-        // SAFETY: kill has no memory-safety preconditions; negative ids name process groups.
-        unsafe {
-            if let Some(g) = fg {
-                libc::kill(-g, sig);
+        let (pid, master) = {
+            let st = self.lock();
+            let Some(pid) = st.os_pid else { return false };
+            if st.exit.is_some() {
+                return false;
             }
+            (pid, st.input.as_ref().and_then(|f| f.try_clone().ok()))
+        };
+        if self.pty {
+            let key = match sig {
+                libc::SIGINT => Some(3u8),
+                libc::SIGQUIT => Some(0x1c),
+                libc::SIGTSTP => Some(0x1a),
+                _ => None,
+            };
+            if let (Some(k), Some(m)) = (key, master.as_ref()) {
+                if (&*m).write_all(&[k]).is_ok() {
+                    return true;
+                }
+            }
+            for p in session_members(pid) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(p, sig) };
+            }
+        }
+        // SAFETY: kill has no memory-safety preconditions; a negative id names a process group.
+        unsafe {
             libc::kill(-pid, sig);
         }
         true
@@ -503,6 +518,25 @@ fn login_shell() -> Vec<String> {
         }
     }
     vec!["sh".into()]
+}
+
+/// Processes whose session id is `sid` (from `/proc/<pid>/stat`).
+fn session_members(sid: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let rest = st.get(st.rfind(')')? + 1..)?.to_string();
+                    rest.split_whitespace().nth(3)?.parse::<i32>().ok()
+                })
+                == Some(sid)
+        })
+        .collect()
 }
 
 fn set_size(fd: i32, cols: u16, rows: u16) -> std::io::Result<()> {

@@ -14,6 +14,7 @@ mod neev;
 mod observe;
 mod preview;
 mod query;
+pub mod sandbox_host;
 pub mod terminal;
 
 pub use observe::with_metrics;
@@ -36,6 +37,9 @@ pub struct AppState {
     /// With it, preview URLs are `<scheme>://<token>.<domain>[:port]/` (a wildcard DNS name,
     /// or `*.localhost`, pointing here) instead of `<public_url>/p/<token>/`.
     pub preview_domain: Option<String>,
+    /// With it, `<sandbox-id>.<domain>` serves the sandbox's code interpreter and
+    /// `<sandbox-id>-<port>.<domain>` its ports (the Leap0 SDK's sandbox hosts). Host part only.
+    pub sandbox_domain: Option<String>,
 }
 
 /// Reads `Authorization: Bearer <key>` and resolves it. Never logs the key.
@@ -80,6 +84,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             preview::by_host,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            sandbox_host::by_host,
         ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)

@@ -112,6 +112,18 @@ async fn forward(st: &AppState, token: &str, path: &str, req: Request) -> Respon
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let prefix = st.preview_domain.is_none().then(|| format!("/p/{token}"));
+    proxy(addr, path, prefix, req).await
+}
+
+/// Proxies `req` to `addr` (a sandbox's port) as `/<path>?<query>`; upgrades become a byte
+/// tunnel after the sandbox's 101. `prefix` is sent as `X-Forwarded-Prefix`.
+pub(crate) async fn proxy(
+    addr: std::net::SocketAddr,
+    path: &str,
+    prefix: Option<String>,
+    req: Request,
+) -> Response {
     let stream =
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -150,10 +162,8 @@ async fn forward(st: &AppState, token: &str, path: &str, req: Request) -> Respon
         Ok(u) => u,
         Err(_) => return ApiError::invalid("path", "not a valid request path").into_response(),
     };
-    if st.preview_domain.is_none() {
-        if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{token}")) {
-            parts.headers.insert("x-forwarded-prefix", prefix);
-        }
+    if let Some(prefix) = prefix.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        parts.headers.insert("x-forwarded-prefix", prefix);
     }
     if !upgrading {
         // One request per connection to the sandbox; the client side keeps its own.

@@ -210,6 +210,32 @@ impl Client {
             .set("Accept", "application/x-ndjson");
         self.send(req, Some(body))
     }
+
+    /// A WebSocket request to a data-plane `url` (`ws://...`) for one sandbox.
+    pub fn ws_request(
+        &self,
+        url: &str,
+        sandbox_id: &str,
+    ) -> Result<tungstenite::http::Request<()>> {
+        use tungstenite::client::IntoClientRequest as _;
+        let mut req = url
+            .into_client_request()
+            .with_context(|| format!("{url}: not a valid URL"))?;
+        let h = req.headers_mut();
+        h.insert(
+            "Authorization",
+            format!("Bearer {}", self.key)
+                .parse()
+                .context("the API key is not a valid header value")?,
+        );
+        h.insert(
+            "X-Sandbox-Id",
+            sandbox_id
+                .parse()
+                .context("the sandbox id is not a valid header value")?,
+        );
+        Ok(req)
+    }
 }
 
 /// A string field of a JSON record, or "" when absent.

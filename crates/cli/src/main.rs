@@ -7,8 +7,10 @@
 mod client;
 mod exec;
 mod metrics;
+mod shell;
 mod snapshot;
 mod table;
+mod tty;
 
 use std::io::Write as _;
 use std::path::Path;
@@ -60,6 +62,9 @@ enum Cmd {
     Ls,
     /// Run a command in a sandbox, streaming its output; exits with its exit code
     Exec(ExecArgs),
+    /// Open an interactive terminal in a sandbox (the login shell, or PROGRAM); exits with its
+    /// exit code. Closing the connection detaches: the session goes on; --attach reopens it
+    Shell(ShellArgs),
     /// Delete sandboxes; prints each deleted id
     Rm {
         /// Sandbox ids or names
@@ -189,6 +194,19 @@ struct ExecArgs {
     command: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+struct ShellArgs {
+    /// Sandbox id or name
+    #[arg(value_name = "ID_OR_NAME")]
+    sandbox: String,
+    /// Reattach to a running terminal session (its recent output is replayed first)
+    #[arg(long, value_name = "SESSION_ID", conflicts_with = "program")]
+    attach: Option<String>,
+    /// Program and arguments (after `--`); the sandbox's login shell if omitted
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    program: Vec<String>,
+}
+
 /// What every command handler gets.
 struct Ctx {
     client: Client,
@@ -224,6 +242,7 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Create(a) => create(&ctx, &a),
         Cmd::Ls => ls(&ctx),
         Cmd::Exec(a) => exec_cmd(&ctx, &a),
+        Cmd::Shell(a) => shell_cmd(&ctx, &a),
         Cmd::Rm { sandboxes } => rm(&ctx, &sandboxes),
         Cmd::Snapshot(c) => out(&snapshot::run(&ctx.client, &c, ctx.json)?).map(|_| 0),
         Cmd::Fork(a) => out(&snapshot::fork(&ctx.client, &a, ctx.json)?).map(|_| 0),
@@ -383,25 +402,42 @@ fn ls(ctx: &Ctx) -> Result<u8> {
     Ok(0)
 }
 
-fn exec_cmd(ctx: &Ctx, a: &ExecArgs) -> Result<u8> {
-    let body = exec::request_body(&a.command, a.cwd.as_deref(), &a.env, a.timeout_ms)?;
-    let sb = ctx.client.get_sandbox(&a.sandbox)?;
-    let id = str_field(&sb, "id");
+/// A running sandbox's (id, connect_url), by id or name.
+fn data_plane(ctx: &Ctx, sandbox: &str) -> Result<(String, String)> {
+    let sb = ctx.client.get_sandbox(sandbox)?;
     let connect_url = str_field(&sb, "connect_url");
     if connect_url.is_empty() {
         bail!(
-            "sandbox {} is not running (phase {})",
-            a.sandbox,
+            "sandbox {sandbox} is not running (phase {})",
             str_field(&sb, "phase")
         );
     }
-    let resp = ctx.client.exec(connect_url, id, &body)?;
+    Ok((str_field(&sb, "id").to_string(), connect_url.to_string()))
+}
+
+fn exec_cmd(ctx: &Ctx, a: &ExecArgs) -> Result<u8> {
+    let body = exec::request_body(&a.command, a.cwd.as_deref(), &a.env, a.timeout_ms)?;
+    let (id, connect_url) = data_plane(ctx, &a.sandbox)?;
+    let resp = ctx.client.exec(&connect_url, &id, &body)?;
     let input = std::io::BufReader::new(resp.into_reader());
     exec::relay(
         input,
         &mut std::io::stdout(),
         &mut std::io::stderr(),
         ctx.json,
+    )
+}
+
+fn shell_cmd(ctx: &Ctx, a: &ShellArgs) -> Result<u8> {
+    let (id, connect_url) = data_plane(ctx, &a.sandbox)?;
+    shell::run(
+        &ctx.client,
+        &shell::Target {
+            connect_url: &connect_url,
+            sandbox_id: &id,
+            program: &a.program,
+            attach: a.attach.as_deref(),
+        },
     )
 }
 
@@ -565,6 +601,23 @@ mod tests {
         };
         assert_eq!(b.command, ["echo hi; exit 3"]);
         assert!(Cli::try_parse_from(["sbx", "exec", "box"]).is_err());
+    }
+
+    #[test]
+    fn shell_args() {
+        let Cmd::Shell(a) = parse(&["shell", "box"]).cmd else {
+            panic!("not shell")
+        };
+        assert_eq!((a.sandbox.as_str(), a.attach, a.program.len()), ("box", None, 0));
+        let Cmd::Shell(b) = parse(&["shell", "box", "--", "python3", "-i", "--json"]).cmd else {
+            panic!("not shell")
+        };
+        assert_eq!(b.program, ["python3", "-i", "--json"]);
+        let Cmd::Shell(c) = parse(&["shell", "box", "--attach", "s1"]).cmd else {
+            panic!("not shell")
+        };
+        assert_eq!(c.attach.as_deref(), Some("s1"));
+        assert!(Cli::try_parse_from(["sbx", "shell", "box", "--attach", "s1", "--", "sh"]).is_err());
     }
 
     #[test]

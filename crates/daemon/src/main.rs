@@ -4,6 +4,7 @@ mod bench;
 mod prometheus;
 mod sampler;
 mod serve;
+mod tls_serve;
 
 use std::path::PathBuf;
 

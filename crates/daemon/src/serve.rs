@@ -36,6 +36,21 @@ pub struct ServeArgs {
     /// `preview.localhost`, which browsers resolve to loopback) instead of `/p/<token>/`.
     #[arg(long, env = "SANDBOXD_PREVIEW_DOMAIN")]
     pub preview_domain: Option<String>,
+    /// Serve sandbox hosts under this domain (the Leap0 SDK's `sandbox_domain`):
+    /// `<sandbox-id>.<domain>` is the sandbox's code interpreter, `<sandbox-id>-<port>.<domain>`
+    /// its ports. A wildcard DNS name pointing here (`*.<domain>`); may carry a port
+    /// (`sbx.localhost:8443`), which is what clients put after the host.
+    #[arg(long, env = "SANDBOXD_SANDBOX_DOMAIN")]
+    pub sandbox_domain: Option<String>,
+    /// HTTPS listener for sandbox hosts (and the whole API); needs --sandbox-domain.
+    #[arg(long, env = "SANDBOXD_SANDBOX_LISTEN")]
+    pub sandbox_listen: Option<SocketAddr>,
+    /// PEM certificate chain (a wildcard for `*.<domain>`) for --sandbox-listen. Without it the
+    /// node CA (`<data-dir>/egress-ca.pem`) issues one, for local use and tests.
+    #[arg(long, env = "SANDBOXD_SANDBOX_TLS_CERT", requires = "sandbox_tls_key")]
+    pub sandbox_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SANDBOXD_SANDBOX_TLS_KEY", requires = "sandbox_tls_cert")]
+    pub sandbox_tls_key: Option<PathBuf>,
     /// The region this node serves.
     #[arg(long, env = "SANDBOXD_REGION", default_value = "local")]
     pub region: String,
@@ -391,14 +406,36 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", a.listen))?;
     let local = listener.local_addr()?;
     let public_url = a.public_url.unwrap_or_else(|| format!("http://{local}"));
+    let sandbox_domain = a
+        .sandbox_domain
+        .as_deref()
+        .map(sandboxd_api::sandbox_host::domain_host)
+        .filter(|d| !d.is_empty());
     let app = sandboxd_api::router(AppState {
         engine: engine.clone(),
         public_url: public_url.clone(),
         preview_domain: a
             .preview_domain
             .map(|d| d.trim_matches('.').to_ascii_lowercase()),
+        sandbox_domain: sandbox_domain.clone(),
     });
     let app = sandboxd_api::with_metrics(app, hub);
+    if let Some(addr) = a.sandbox_listen {
+        let domain = sandbox_domain
+            .clone()
+            .context("--sandbox-listen needs --sandbox-domain")?;
+        let cfg = match (&a.sandbox_tls_cert, &a.sandbox_tls_key) {
+            (Some(c), Some(k)) => sandboxd_egress::tls::server_config_from_pem(c, k),
+            _ => sandboxd_egress::tls::Ca::load_or_create(&data_dir)
+                .and_then(|ca| ca.issue(&[format!("*.{domain}"), domain.clone()])),
+        }
+        .map_err(|e| anyhow::anyhow!("sandbox host TLS: {e}"))?;
+        let local = crate::tls_serve::spawn(addr, cfg, app.clone())
+            .await
+            .with_context(|| format!("listen on {addr} (--sandbox-listen)"))?;
+        info!(%local, %domain, "sandbox hosts over HTTPS");
+        println!("sandbox hosts on {local}");
+    }
     info!(%local, %public_url, "sandboxd listening");
     // Machine-readable line for scripts and tests that start us on port 0.
     println!("listening on {local}");

@@ -78,20 +78,7 @@ impl Ca {
         {
             return Ok(c.clone());
         }
-        let key = KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut params =
-            CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let leaf = params
-            .signed_by(&key, &self.cert, &self.key)
-            .map_err(|e| e.to_string())?;
-        let chain = vec![leaf.der().clone()];
-        let pk = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
-        let mut cfg = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, pk)
-            .map_err(|e| e.to_string())?;
+        let mut cfg = self.issue(&[name.to_string()])?;
         // Header transforms are applied to HTTP/1.1; clients that offer h2 fall back to it.
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
@@ -101,6 +88,44 @@ impl Ca {
             .insert(name.to_string(), cfg.clone());
         Ok(cfg)
     }
+}
+
+impl Ca {
+    /// A server config presenting one certificate for all of `names` (e.g. `*.sbx.example`),
+    /// signed by the node CA.
+    pub fn issue(&self, names: &[String]) -> Result<ServerConfig, String> {
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params = CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        let leaf = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|e| e.to_string())?;
+        let chain = vec![leaf.der().clone()];
+        let pk = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+        ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, pk)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A server config from an operator's PEM certificate chain and key.
+pub fn server_config_from_pem(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificates", cert.display()));
+    }
+    let pk = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, pk)
+        .map_err(|e| e.to_string())
 }
 
 /// A client config trusting the PEM bundle at `bundle` (upstream servers are verified).
