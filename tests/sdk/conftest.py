@@ -60,6 +60,25 @@ STOP_TIMEOUT_S = 30.0
 ORG = "default"
 PROJECT = "default"
 BUSYBOX = "sb-busybox"
+# Sandbox hosts live under this name; the tests resolve it to loopback themselves (below),
+# never through the host's DNS.
+SANDBOX_DOMAIN = "sbx.localhost"
+
+
+def _resolve_sandbox_hosts_to_loopback() -> None:
+    import socket
+
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, str) and (host == SANDBOX_DOMAIN or host.endswith("." + SANDBOX_DOMAIN)):
+            host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+
+
+_resolve_sandbox_hosts_to_loopback()
 DEBIAN = "sb-debian-12-python"
 
 
@@ -70,6 +89,13 @@ class Daemon:
     base_url: str
     api_key: str
     log_path: Path
+    # Leap0 sandbox hosts: `<id>.<sandbox_domain>` over HTTPS (node CA at ca_file).
+    sandbox_domain: str = ""
+    ssh_port: int = 0
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "egress-ca.pem"
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -153,6 +179,10 @@ def _start_daemon() -> Daemon:
         # Sandboxes of the SDK suite reach nothing but a test range no host answers on, even
         # with the Leap0 default policy (allow-all).
         "--egress-ceiling", f"198.18.{SUBNET_OCTET}.0/24",
+        # Sandbox hosts (code interpreter, invoke_url) and the SSH gateway, on loopback.
+        "--sandbox-domain", SANDBOX_DOMAIN,
+        "--sandbox-listen", "127.0.0.1:0",
+        "--ssh-listen", "127.0.0.1:0",
     ]
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
@@ -166,6 +196,7 @@ def _start_daemon() -> Daemon:
 
     deadline = time.monotonic() + START_TIMEOUT_S
     addr = None
+    hosts_port = ssh_port = 0
     while addr is None:
         remaining = deadline - time.monotonic()
         try:
@@ -174,10 +205,17 @@ def _start_daemon() -> Daemon:
             line = None
         if line is None:
             break
+        m = re.search(r"sandbox hosts on \S+:(\d+)", line)
+        if m:
+            hosts_port = int(m.group(1))
+        m = re.search(r"ssh on \S+:(\d+)", line)
+        if m:
+            ssh_port = int(m.group(1))
         m = re.search(r"listening on (\S+:\d+)", line)
         if m:
             addr = m.group(1)
-    daemon = Daemon(proc, data_dir, f"http://{addr}", "", log_path)
+    daemon = Daemon(proc, data_dir, f"http://{addr}", "", log_path,
+                    f"{SANDBOX_DOMAIN}:{hosts_port}", ssh_port)
     if addr is None:
         _stop_process(proc)
         tail = daemon.log_tail()
@@ -243,7 +281,7 @@ def sandboxd():
     daemon = _start_daemon()
     saved = {k: os.environ.get(k) for k in
              ("NEEV_API_KEY", "NEEV_ORG_ID", "NEEV_PROJECT_ID", "NEEV_BASE_URL",
-              "LEAP0_API_KEY", "LEAP0_BASE_URL")}
+              "LEAP0_API_KEY", "LEAP0_BASE_URL", "LEAP0_SANDBOX_DOMAIN", "SSL_CERT_FILE")}
     os.environ.update({
         "NEEV_API_KEY": daemon.api_key,
         "NEEV_ORG_ID": ORG,
@@ -252,6 +290,9 @@ def sandboxd():
         # The Leap0 dialect takes the same key; its tenant is the key's org/project.
         "LEAP0_API_KEY": daemon.api_key,
         "LEAP0_BASE_URL": daemon.base_url,
+        "LEAP0_SANDBOX_DOMAIN": daemon.sandbox_domain,
+        # The sandbox hosts' certificate is issued by the node CA.
+        "SSL_CERT_FILE": str(daemon.ca_file),
     })
     try:
         yield daemon

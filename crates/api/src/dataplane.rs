@@ -46,6 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/files/move", post(move_file))
         .route("/v1/files/remove", post(remove))
         .route("/v1/pty", axum::routing::get(pty))
+        .route("/v1/ssh", axum::routing::get(ssh))
 }
 
 /// `GET /v1/pty?program&arg…&cols&rows` (WebSocket): a new terminal running `program` (a login
@@ -57,6 +58,20 @@ async fn pty(
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
     finish(pty_open(st, q, headers, ws).await)
+}
+
+/// `GET /v1/ssh` (WebSocket): the sandbox's SSH server, as raw SSH bytes.
+async fn ssh(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let r = async {
+        let c = ctx(&st, &headers)?;
+        crate::ssh::tunnel(c.st, c.principal, c.id, ws).await
+    }
+    .await;
+    finish(r)
 }
 
 async fn pty_open(

@@ -15,6 +15,7 @@ mod observe;
 mod preview;
 mod query;
 pub mod sandbox_host;
+pub mod ssh;
 pub mod terminal;
 
 pub use observe::with_metrics;
@@ -40,6 +41,8 @@ pub struct AppState {
     /// With it, `<sandbox-id>.<domain>` serves the sandbox's code interpreter and
     /// `<sandbox-id>-<port>.<domain>` its ports (the Leap0 SDK's sandbox hosts). Host part only.
     pub sandbox_domain: Option<String>,
+    /// The node's SSH gateway, when `--ssh-listen` is set.
+    pub ssh: Option<Arc<ssh::SshNode>>,
 }
 
 /// Reads `Authorization: Bearer <key>` and resolves it. Never logs the key.
@@ -77,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(neev::routes())
         .merge(dataplane::routes())
         .merge(leap0::routes())
+        .merge(ssh::routes())
         .merge(preview::routes())
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .fallback(not_found)

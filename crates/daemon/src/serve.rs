@@ -51,6 +51,13 @@ pub struct ServeArgs {
     pub sandbox_tls_cert: Option<PathBuf>,
     #[arg(long, env = "SANDBOXD_SANDBOX_TLS_KEY", requires = "sandbox_tls_cert")]
     pub sandbox_tls_key: Option<PathBuf>,
+    /// SSH gateway listener (Leap0 `ssh/access` logins: user = credential id); also enables
+    /// the NeevCloud `/v1/ssh` tunnel. Off unless given.
+    #[arg(long, env = "SANDBOXD_SSH_LISTEN")]
+    pub ssh_listen: Option<SocketAddr>,
+    /// Host name put in `ssh_command` (default: the --ssh-listen address).
+    #[arg(long, env = "SANDBOXD_SSH_HOST")]
+    pub ssh_host: Option<String>,
     /// The region this node serves.
     #[arg(long, env = "SANDBOXD_REGION", default_value = "local")]
     pub region: String,
@@ -411,7 +418,31 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(sandboxd_api::sandbox_host::domain_host)
         .filter(|d| !d.is_empty());
+    let ssh = match a.ssh_listen {
+        None => None,
+        Some(addr) => {
+            let key = sandboxd_sshgw::load_or_create_host_key(&data_dir.join("ssh_host_ed25519_key"))
+                .context("SSH host key")?;
+            let secret = load_or_create_secret(&data_dir.join("ssh-host-secret"))?;
+            let backend = Arc::new(sandboxd_api::ssh::SshBackend::new(engine.clone()));
+            let gateway = Arc::new(sandboxd_sshgw::Gateway::new(backend, key));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr} (--ssh-listen)"))?;
+            let local = listener.local_addr()?;
+            tokio::spawn(gateway.clone().serve_tcp(listener));
+            info!(%local, "SSH gateway");
+            println!("ssh on {local}");
+            Some(Arc::new(sandboxd_api::ssh::SshNode {
+                gateway,
+                secret,
+                host: a.ssh_host.clone().unwrap_or_else(|| local.ip().to_string()),
+                port: local.port(),
+            }))
+        }
+    };
     let app = sandboxd_api::router(AppState {
+        ssh,
         engine: engine.clone(),
         public_url: public_url.clone(),
         preview_domain: a
@@ -457,4 +488,31 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await?;
     engine.close();
     Ok(())
+}
+
+/// 32 random bytes kept in `path` (0600), created on first use: the seed of per-sandbox SSH
+/// host keys.
+fn load_or_create_secret(path: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let mut b = [0u8; 32];
+        f.read_exact(&mut b)
+            .with_context(|| format!("read {}", path.display()))?;
+        return Ok(b);
+    }
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(&b)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(b)
 }

@@ -15,6 +15,7 @@ mod observe;
 pub mod preview;
 mod sandboxes;
 pub mod schedule;
+pub mod ssh;
 mod snapshots;
 pub mod templates;
 

@@ -99,4 +99,10 @@ pub trait MetaStore: Send + Sync {
     /// Deletes URLs past their expiry; returns how many.
     fn delete_expired_previews(&self, now: chrono::DateTime<chrono::Utc>)
         -> Result<u64, MetaError>;
+
+    // SSH access credentials. Deleting a sandbox deletes its credentials.
+    /// Inserts or replaces (a regenerated password) a credential.
+    fn put_ssh_access(&self, access: &sandboxd_core::SshAccess) -> Result<(), MetaError>;
+    fn get_ssh_access(&self, id: &str) -> Result<Option<sandboxd_core::SshAccess>, MetaError>;
+    fn delete_ssh_access(&self, id: &str) -> Result<(), MetaError>;
 }

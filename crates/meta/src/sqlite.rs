@@ -57,6 +57,13 @@ const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL
      );
      CREATE INDEX previews_sandbox ON previews (sandbox_id);",
+    // 5: SSH access credentials (only the password's hash is kept).
+    "CREATE TABLE ssh_access (
+        id TEXT PRIMARY KEY,
+        sandbox_id TEXT NOT NULL,
+        record TEXT NOT NULL
+     );
+     CREATE INDEX ssh_access_sandbox ON ssh_access (sandbox_id);",
 ];
 
 pub struct SqliteStore {
@@ -438,6 +445,10 @@ impl MetaStore for SqliteStore {
                 "DELETE FROM previews WHERE sandbox_id = ?1",
                 [id.to_string()],
             )?;
+            tx.execute(
+                "DELETE FROM ssh_access WHERE sandbox_id = ?1",
+                [id.to_string()],
+            )?;
             tx.execute("DELETE FROM sandboxes WHERE id = ?1", [id.to_string()])?;
             tx.commit()?;
             Ok(())
@@ -488,6 +499,21 @@ impl MetaStore for SqliteStore {
             .collect()
     }
 
+    fn put_ssh_access(&self, access: &sandboxd_core::SshAccess) -> Result<(), MetaError> {
+        self.ssh_access_put(access)
+    }
+
+    fn get_ssh_access(&self, id: &str) -> Result<Option<sandboxd_core::SshAccess>, MetaError> {
+        self.ssh_access_get(id)
+    }
+
+    fn delete_ssh_access(&self, id: &str) -> Result<(), MetaError> {
+        self.with(|c| {
+            c.execute("DELETE FROM ssh_access WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
     fn delete_expired_previews(
         &self,
         now: chrono::DateTime<chrono::Utc>,
@@ -503,6 +529,27 @@ impl MetaStore for SqliteStore {
 }
 
 impl SqliteStore {
+    fn ssh_access_put(&self, a: &sandboxd_core::SshAccess) -> Result<(), MetaError> {
+        let record = serde_json::to_string(a).map_err(MetaError::Corrupt)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO ssh_access (id, sandbox_id, record) VALUES (?1, ?2, ?3)",
+                params![a.id, a.sandbox_id.to_string(), record],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn ssh_access_get(&self, id: &str) -> Result<Option<sandboxd_core::SshAccess>, MetaError> {
+        let record: Option<String> = self.with(|c| {
+            Ok(c.query_row("SELECT record FROM ssh_access WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?)
+        })?;
+        record
+            .map(|r| serde_json::from_str(&r).map_err(MetaError::Corrupt))
+            .transpose()
+    }
+
     fn preview_where(&self, column: &str, value: &str) -> Result<Option<PreviewUrl>, MetaError> {
         let sql = format!("SELECT record FROM previews WHERE {column} = ?1");
         let record: Option<String> =

@@ -21,6 +21,7 @@ use sandboxd_engine::CreateSandbox;
 use serde_json::{json, Value};
 
 use crate::body::{int_field, read_json};
+pub(crate) use dto::ts;
 use crate::error::{ApiError, Dialect};
 use crate::AppState;
 
