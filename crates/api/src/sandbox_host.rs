@@ -379,13 +379,18 @@ impl Interp<'_> {
         let req: ExecuteReq = read_json(body, false).await?;
         let (context, areq) = req.into_agent()?;
         let started = std::time::Instant::now();
-        let mut s = self.st.engine.agent_stream(self.p, self.id, areq).await?;
+        let (mut s, key) = self
+            .st
+            .engine
+            .agent_stream_pooled(self.p, self.id, areq)
+            .await?;
         let mut c = Collected::default();
         let done = loop {
             match s.next().await {
                 Some(Ok(Reply::InterpEvent { event })) => c.add(&event),
                 Some(Ok(Reply::InterpDone { event })) => break event,
                 Some(Ok(Reply::Error { code, message })) => {
+                    self.st.engine.agent_pool_put(key, s);
                     self.audit(context.clone(), Some(code.clone()), started);
                     return Err(agent_err(&code, message, "context_id"));
                 }
@@ -394,6 +399,7 @@ impl Interp<'_> {
                 None => return Err(unexpected()),
             }
         };
+        self.st.engine.agent_pool_put(key, s);
         self.audit(context.clone(), None, started);
         Ok(Json(json!({
             "context_id": context.unwrap_or_else(|| sandboxd_agent::interp::DEFAULT_CONTEXT.into()),

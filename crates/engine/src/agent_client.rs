@@ -187,3 +187,64 @@ impl SessionWriter {
         let _ = self.inner.shutdown().await;
     }
 }
+
+/// Idle agent connections kept for reuse by code-interpreter calls, where a fresh TCP
+/// connection into the sandbox is half of a `1+1` round trip. A connection goes back only
+/// after a complete exchange. Connections are keyed by the sandbox and the version of its
+/// record, so none outlives a pause, a restore or the sandbox itself (a sandbox that later
+/// gets the same address has another id); an idle one is dropped after `POOL_IDLE`.
+#[derive(Default)]
+pub struct Pool {
+    idle: std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<(tokio::time::Instant, ReplyStream)>>>,
+}
+
+/// A sandbox and the version of its record (`updated_at`), and where its agent listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub sandbox: String,
+    pub version: i64,
+    pub addr: SocketAddr,
+}
+
+const POOL_IDLE: Duration = Duration::from_secs(10);
+const POOL_PER_SANDBOX: usize = 4;
+
+impl Pool {
+    fn take(&self, key: &PoolKey) -> Option<ReplyStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Versions of this sandbox other than the current one are dead weight.
+        idle.retain(|k, _| k.sandbox != key.sandbox || k == key);
+        let list = idle.get_mut(key)?;
+        while let Some((at, s)) = list.pop() {
+            if at.elapsed() < POOL_IDLE {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Sends `req` on an idle connection if one works, else on a new one.
+    pub async fn open(&self, key: &PoolKey, req: &Request) -> Result<ReplyStream, AgentError> {
+        if let Some(mut s) = self.take(key) {
+            let mut line = serde_json::to_vec(req).expect("request serializes");
+            line.push(b'\n');
+            if s.reader.get_mut().write_all(&line).await.is_ok() {
+                return Ok(s);
+            }
+        }
+        open(key.addr, req).await
+    }
+
+    /// Returns a connection whose exchange is complete.
+    pub fn put(&self, key: PoolKey, s: ReplyStream) {
+        if !s.reader.buffer().is_empty() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key).or_default();
+        list.retain(|(at, _)| at.elapsed() < POOL_IDLE);
+        if list.len() < POOL_PER_SANDBOX {
+            list.push((tokio::time::Instant::now(), s));
+        }
+    }
+}

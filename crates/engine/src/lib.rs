@@ -104,6 +104,8 @@ pub struct Engine {
     egress_secrets: Option<Arc<sandboxd_egress::secrets::SecretStore>>,
     /// Where memory images go once captured (none: they stay plain files).
     archive: Option<archive::Archive>,
+    /// Idle agent connections for code-interpreter calls.
+    agent_pool: agent_client::Pool,
 }
 
 /// Restores of a snapshot hold it shared; deleting it waits for them.
@@ -163,6 +165,7 @@ impl Engine {
             lifecycle: observe::LifecycleCounts::default(),
             egress_secrets: None,
             archive: None,
+            agent_pool: Default::default(),
         }
     }
 

@@ -581,6 +581,32 @@ impl Engine {
         );
     }
 
+    /// A code-interpreter exchange on a pooled connection: the stream and the key to give it
+    /// back with (`agent_pool_put`) once its last reply was read.
+    pub async fn agent_stream_pooled(
+        &self,
+        principal: &Principal,
+        id: SandboxId,
+        req: Request,
+    ) -> Result<(ReplyStream, agent_client::PoolKey), EngineError> {
+        let sb = self.running_for(principal, id)?;
+        let net = sb
+            .net
+            .ok_or_else(|| CoreError::Internal("sandbox has no network slot".into()))?;
+        let key = agent_client::PoolKey {
+            sandbox: id.to_string(),
+            version: sb.updated_at.timestamp_micros(),
+            addr: agent_addr(net),
+        };
+        let s = self.agent_pool.open(&key, &req).await?;
+        Ok((s, key))
+    }
+
+    /// Gives back a connection from `agent_stream_pooled` whose exchange is complete.
+    pub fn agent_pool_put(&self, key: agent_client::PoolKey, s: ReplyStream) {
+        self.agent_pool.put(key, s);
+    }
+
     /// Opens a reply stream to the sandbox's agent (process logs).
     pub async fn agent_stream(
         &self,
