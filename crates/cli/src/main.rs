@@ -203,7 +203,11 @@ struct ShellArgs {
     #[arg(long, value_name = "SESSION_ID", conflicts_with = "program")]
     attach: Option<String>,
     /// Program and arguments (after `--`); the sandbox's login shell if omitted
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
     program: Vec<String>,
 }
 
@@ -608,7 +612,10 @@ mod tests {
         let Cmd::Shell(a) = parse(&["shell", "box"]).cmd else {
             panic!("not shell")
         };
-        assert_eq!((a.sandbox.as_str(), a.attach, a.program.len()), ("box", None, 0));
+        assert_eq!(
+            (a.sandbox.as_str(), a.attach, a.program.len()),
+            ("box", None, 0)
+        );
         let Cmd::Shell(b) = parse(&["shell", "box", "--", "python3", "-i", "--json"]).cmd else {
             panic!("not shell")
         };
@@ -617,7 +624,9 @@ mod tests {
             panic!("not shell")
         };
         assert_eq!(c.attach.as_deref(), Some("s1"));
-        assert!(Cli::try_parse_from(["sbx", "shell", "box", "--attach", "s1", "--", "sh"]).is_err());
+        assert!(
+            Cli::try_parse_from(["sbx", "shell", "box", "--attach", "s1", "--", "sh"]).is_err()
+        );
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub fn run(client: &crate::client::Client, t: &Target) -> Result<u8> {
     let res = relay(&mut ws, &rx, &mut out, tty, size, t.attach);
     drop(raw);
     let end = res?;
-    let session = end.session.or(t.attach.map(String::from)).unwrap_or_default();
+    let session = end
+        .session
+        .or(t.attach.map(String::from))
+        .unwrap_or_default();
     Ok(match end.how {
         Ended::Exited(code) => code,
         Ended::Detached(reason) => {

@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod ssh;
 mod snapshots;
 pub mod templates;
+pub mod update;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

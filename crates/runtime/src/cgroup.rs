@@ -64,3 +64,16 @@ pub fn remove(cgroup: &str) {
         let _ = std::fs::remove_dir(file(c, cgroup, ""));
     }
 }
+
+/// Sets a running sandbox's CPU quota (thousandths of a core, period 100 ms) and memory
+/// limit. A memory limit below what the group uses now is refused by the kernel (EBUSY).
+pub fn set_limits(cgroup: &str, cpu_millis: u32, memory_bytes: u64) -> std::io::Result<()> {
+    let period: u64 = 100_000;
+    let quota = u64::from(cpu_millis) * period / 1000;
+    std::fs::write(file("cpu", cgroup, "cpu.cfs_period_us"), period.to_string())?;
+    std::fs::write(file("cpu", cgroup, "cpu.cfs_quota_us"), quota.to_string())?;
+    std::fs::write(
+        file("memory", cgroup, "memory.limit_in_bytes"),
+        memory_bytes.to_string(),
+    )
+}

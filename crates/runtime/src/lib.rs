@@ -184,6 +184,8 @@ pub trait Runtime: Send + Sync {
     ) -> Result<(), RuntimeError>;
     /// Packets the sandbox sent that its egress policy dropped.
     fn egress_denied(&self, id: &str) -> u64;
+    /// Resizes a running sandbox's CPU and memory limits in place.
+    fn resize(&self, id: &str, resources: &sandboxd_core::Resources) -> Result<(), RuntimeError>;
     /// [`Runtime::egress_denied`] of many sandboxes at once (the metrics sampler's pass).
     fn egress_denied_many(&self, ids: &[String]) -> Vec<u64> {
         ids.iter().map(|id| self.egress_denied(id)).collect()

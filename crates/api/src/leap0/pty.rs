@@ -94,7 +94,7 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> L0Result {
-    let req: CreateReq = read_json(body, true).await.map_err(|e| e)?;
+    let req: CreateReq = read_json(body, true).await?;
     let mut env = Vec::new();
     for (k, v) in req.envs.unwrap_or_default() {
         sandboxd_core::validate::env_name(&format!("envs.{k}"), &k)?;

@@ -31,7 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{P}/sandboxes"), get(list).post(create))
         .route(
             &format!("{P}/sandboxes/{{sandbox_id}}"),
-            get(get_one).delete(delete),
+            get(get_one).delete(delete).patch(update),
         )
         .route(
             &format!("{P}/sandboxes/{{sandbox_id}}/keepalive"),
@@ -383,6 +383,120 @@ async fn set_timeout(
             on_idle: req.on_idle,
         },
     )?;
+    Ok(Json(sandbox_view(&sb, &st.public_url)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesIn {
+    allow: Vec<dto::EgressRuleIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateReq {
+    resources: Option<dto::ResourcesIn>,
+    egress: Option<dto::EgressIn>,
+    egress_add: Option<RulesIn>,
+    egress_remove: Option<RulesIn>,
+}
+
+/// Validated rules of an `egress_add` / `egress_remove`, in their stored form.
+fn rules(field: &str, r: RulesIn) -> Result<Vec<Value>, ApiError> {
+    if r.allow.is_empty() {
+        return Err(ApiError::invalid(format!("{field}.allow"), "must have at least one rule"));
+    }
+    let e = dto::EgressIn {
+        mode: Some(dto::EgressMode::AllowList),
+        allow_internet: None,
+        allow: Some(r.allow),
+    };
+    let v = dto::egress(Some(&e)).map_err(|mut err| {
+        err.message = err.message.replace("egress.allow", &format!("{field}.allow"));
+        err.field = err
+            .field
+            .map(|f| f.replace("egress.allow", &format!("{field}.allow")));
+        err
+    })?;
+    Ok(v.and_then(|v| v["allow"].as_array().cloned()).unwrap_or_default())
+}
+
+/// `PATCH .../sandboxes/{id}`: resizes cpu/memory in place and/or replaces or edits the
+/// egress policy, without a restart. Only the fields given change.
+async fn update(
+    State(st): State<AppState>,
+    s: InSandbox,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: UpdateReq = read_json(body, false).await?;
+    if req.resources.is_none()
+        && req.egress.is_none()
+        && req.egress_add.is_none()
+        && req.egress_remove.is_none()
+    {
+        return Err(ApiError::invalid(
+            "resources",
+            "give at least one of resources, egress, egress_add, egress_remove",
+        ));
+    }
+    if req.egress.is_some() && (req.egress_add.is_some() || req.egress_remove.is_some()) {
+        return Err(ApiError::invalid(
+            "egress",
+            "egress replaces the whole policy and cannot be combined with egress_add or egress_remove",
+        ));
+    }
+    // Validate everything before changing anything.
+    let resources = match &req.resources {
+        None => None,
+        Some(r) => {
+            if r.rootfs_disk_gb.is_some() {
+                return Err(ApiError::invalid(
+                    "resources.rootfs_disk_gb",
+                    "can only be set when the sandbox is created",
+                ));
+            }
+            let parsed = dto::resources(Some(r))?;
+            let mut new = s.sandbox.resources;
+            if r.cpu.is_some() {
+                new.cpu_millis = parsed.cpu_millis;
+            }
+            if r.memory_gb.is_some() {
+                new.memory_mib = parsed.memory_mib;
+            }
+            if r.disk_gb.is_some() {
+                new.disk_mib = parsed.disk_mib;
+            }
+            Some(new)
+        }
+    };
+    let egress = match req.egress.as_ref() {
+        Some(e) => Some(dto::egress(Some(e))?.unwrap_or_else(|| json!({"mode": "deny_all"}))),
+        None => None,
+    };
+    let edits = match (req.egress_add, req.egress_remove) {
+        (None, None) => None,
+        (add, remove) => Some((
+            add.map(|r| rules("egress_add", r)).transpose()?.unwrap_or_default(),
+            remove.map(|r| rules("egress_remove", r)).transpose()?.unwrap_or_default(),
+        )),
+    };
+    let edited = match &edits {
+        Some((add, remove)) => Some(
+            sandboxd_engine::update::edit_allow_list(s.sandbox.egress.as_ref(), add, remove)
+                .map_err(ApiError::from)?,
+        ),
+        None => None,
+    };
+    let mut sb = s.sandbox.clone();
+    if let Some(new) = resources {
+        sb = st.engine.resize_sandbox(&s.tenant, sb.id, new).await?;
+    }
+    if let Some(policy) = egress.or(edited) {
+        sb = st
+            .engine
+            .update_egress(&s.tenant, sb.id, sandboxd_engine::EgressUpdate::Neev(policy))
+            .await?;
+    }
     Ok(Json(sandbox_view(&sb, &st.public_url)))
 }
 
