@@ -27,6 +27,10 @@ Protocol (one JSON object per line, UTF-8):
 
 Signals: SIGINT while a cell runs raises KeyboardInterrupt in it (error event
 name "KeyboardInterrupt", then done ok=false); SIGINT while idle is ignored.
+The interrupt is raised only while user code runs; one that arrives inside
+driver/IPython bookkeeping (locks, protocol writes) is delivered as soon as
+that section ends, or at the end of the cell.  SIGUSR1 dumps all thread
+stacks (faulthandler) to the driver's original stderr.
 os.system is replaced by an equivalent that SIGINT can interrupt (libc
 system() ignores SIGINT while its child runs).  User code can still swallow
 KeyboardInterrupt or block SIGINT, so the agent must be prepared to escalate
@@ -103,6 +107,8 @@ _R_OUT, _R_ERR = _setup_fds()
 try:
     import faulthandler
     faulthandler.enable(file=_ORIG_ERR, all_threads=True)
+    # `kill -USR1 <pid>` dumps every thread's stack to the agent's stderr pipe.
+    faulthandler.register(signal.SIGUSR1, file=_ORIG_ERR, all_threads=True)
 except Exception:
     pass
 try:
@@ -404,15 +410,22 @@ def _after_fork_child():
 os.register_at_fork(after_in_child=_after_fork_child)
 
 # ----------------------------------------------------------------- SIGINT
-_running = False        # True while user code runs (main thread)
-_pending_int = False    # SIGINT arrived inside a driver critical section
+_in_cell = False        # a request is being executed
+_running = False        # user code may be interrupted right now (main thread)
+_pending_int = False    # SIGINT to deliver as soon as user code may be interrupted
 _CRIT = set()           # code objects of driver functions that must not be interrupted
 
 
 def _on_sigint(signum, frame):
+    # KeyboardInterrupt is raised only inside user code: raising it inside
+    # driver or IPython machinery could leave a lock acquired (the classic
+    # `with lock:` race) and deadlock the context later.
     global _pending_int
-    if not _running:
+    if not _in_cell:
         return   # idle: ignore
+    if not _running:
+        _pending_int = True   # e.g. IPython bookkeeping between statements
+        return
     f = frame
     while f is not None:
         if f.f_code in _CRIT:
@@ -425,6 +438,13 @@ def _on_sigint(signum, frame):
 def _check_pending():
     global _pending_int
     if _pending_int and _running and threading.get_ident() == _MAIN_TID:
+        _pending_int = False
+        raise KeyboardInterrupt
+
+
+def _raise_if_pending():
+    global _pending_int
+    if _pending_int:
         _pending_int = False
         raise KeyboardInterrupt
 
@@ -807,6 +827,7 @@ def _parse_cell(code, fn):
 
 def _run_std(code):
     global _count
+    _raise_if_pending()
     n = _count
     _count += 1
     fn = "<cell %d>" % n
@@ -951,6 +972,17 @@ def _init_ipython():
         def showindentationerror(self):
             self.showsyntaxerror()
 
+        async def run_code(self, *args, **kwargs):
+            # The only place where IPython executes user code: allow
+            # KeyboardInterrupt here, defer it everywhere else.
+            global _running
+            _raise_if_pending()
+            _running = True
+            try:
+                return await super().run_code(*args, **kwargs)
+            finally:
+                _running = False
+
         def enable_gui(self, gui=None):
             # No GUI event loop integration; lets `%matplotlib inline` work.
             pass
@@ -976,11 +1008,11 @@ def _run_ipython(code):
 _CRIT.update(f.__code__ for f in (
     _emit, _write_all, _emit_forked, _drain_raw, _sync, _emit_result, _emit_error,
     _format_exc, _strip_tb, _Stream.write, _Stream.flush, _Stream._flush_buf,
-    _Stream._emit_locked, _check_pending, _on_sigint))
+    _Stream._emit_locked, _check_pending, _raise_if_pending, _on_sigint))
 
 
 def _handle(req, run, count):
-    global _cur_id, _running, _pending_int
+    global _cur_id, _running, _pending_int, _in_cell
     rid = req.get("id") if isinstance(req, dict) else None
     _cur_id = rid
     n = count()
@@ -1002,13 +1034,12 @@ def _handle(req, run, count):
                 else:
                     os.environ[str(k)] = str(v)
         try:
-            _running = True
+            _in_cell = True
+            _running = run is _run_std   # IPython: only inside run_code
             ok = run(req["code"])
-            if _pending_int:
-                _pending_int = False
-                raise KeyboardInterrupt
+            _raise_if_pending()
         finally:
-            _running = False
+            _running = _in_cell = False
     except BaseException as e:
         ok = False
         interrupted = isinstance(e, KeyboardInterrupt)
@@ -1019,10 +1050,11 @@ def _handle(req, run, count):
     if "matplotlib.pyplot" in sys.modules:
         try:
             try:
-                _running = not interrupted
+                _running = _in_cell = not interrupted
                 _flush_figures(not interrupted)
+                _raise_if_pending()
             finally:
-                _running = False
+                _running = _in_cell = False
         except BaseException as e:
             ok = False
             _emit_error(e)

@@ -310,6 +310,35 @@ class KernelTests:
         ev = self.k.run("import ctypes\nctypes.CDLL(None).printf(b'from C %d\\n', 7)\nNone")
         self.assertEqual(text(ev), "from C 7\n")
 
+    def test_sigint_storm(self):
+        """SIGINTs at random moments (also inside driver/IPython bookkeeping)
+        never corrupt the protocol, lose a done, or wedge the context."""
+        import random
+        rng = random.Random(1234)
+        stop = threading.Event()
+
+        def storm():
+            while not stop.is_set():
+                time.sleep(rng.random() * 0.004)
+                try:
+                    self.k.p.send_signal(signal.SIGINT)
+                except OSError:
+                    return
+        t = threading.Thread(target=storm, daemon=True)
+        t.start()
+        cells = ["1+1", "print('a' * 50)\n2", "import os; os.system('echo x')",
+                 "display(3)", "for i in range(30): print(i)", "raise ValueError(1)"]
+        try:
+            for i in range(300):
+                ev = self.k.run(cells[i % len(cells)], timeout=20)
+                done(ev)
+        finally:
+            stop.set()
+            t.join()
+        time.sleep(0.05)
+        ev = self.k.run("'alive'")
+        self.assertEqual(of_type(ev, "result")[0]["data"]["text/plain"], "'alive'")
+
     def test_user_sigint_handler_is_reset(self):
         self.k.run("import signal\nsignal.signal(signal.SIGINT, signal.SIG_DFL)")
         self.k.p.send_signal(signal.SIGINT)
@@ -384,7 +413,7 @@ class KernelTests:
         self.assertEqual(of_type(ev, "result")[0]["data"]["text/plain"], "0")
 
     def test_common_notebook_syntax(self):
-        ev = self.k.run("%matplotlib inline\n!echo bang\nfor i in range(2):\n    !echo loop\nv = 5\nv")
+        ev = self.k.run("!echo bang\nfor i in range(2):\n    !echo loop\nv = 5\nv")
         self.assertEqual(text(ev).replace("\r\n", "\n"), "bang\nloop\nloop\n")
         self.assertEqual(of_type(ev, "result")[0]["data"]["text/plain"], "5")
         self.assertTrue(done(ev)["ok"])
@@ -406,6 +435,12 @@ class KernelTests:
         ev = self.k.run("import os\nos.system('echo $SBX_A')\nos.environ.get('SBX_A')")
         self.assertEqual(text(ev), "one\n")
         self.assertEqual(of_type(ev, "result")[0]["data"]["text/plain"], "'one'")
+        ev = self.k.run("os.environ.get('SBX_A')", env={"SBX_A": None})
+        self.assertEqual(of_type(ev, "result"), [])
+        ev = self.k.run("1", env={"BAD=NAME": "x"})
+        self.assertEqual(len(of_type(ev, "error")), 1)
+        self.assertFalse(done(ev)["ok"])
+        self.assertTrue(done(self.k.run("1"))["ok"])
 
     def test_top_level_await(self):
         ev = self.k.run("import asyncio\nawait asyncio.sleep(0.01)\nv = await asyncio.sleep(0, result=6)\nv * 7")
@@ -444,6 +479,11 @@ class StdlibKernelTest(KernelTests, unittest.TestCase):
     def test_magics_absent(self):
         ev = self.k.run("%time 1")
         self.assertEqual(of_type(ev, "error")[0]["name"], "SyntaxError")
+
+    def test_matplotlib_magic_is_ignored(self):
+        # (IPython itself needs matplotlib for this magic.)
+        ev = self.k.run("%matplotlib inline\n3")
+        self.assertEqual(of_type(ev, "result")[0]["data"]["text/plain"], "3")
 
 
 @unittest.skipUnless(HAVE_IPYTHON, "IPython not importable by %s" % PYTHON)
