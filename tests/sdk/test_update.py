@@ -122,3 +122,23 @@ def test_update_egress_admits_a_host_without_restart(make_sandbox, test_host):
     with pytest.raises(neevai.NeevAIError):
         sb.update({"egress_add": {"allow": [{"host": test_host}]}})
     assert sb.data["egress"]["mode"] == "deny_all"
+
+
+def test_records_carry_hard_expiry_and_snapshot_state(make_sandbox, leap0_client):
+    from datetime import datetime, timedelta
+
+    sb = make_sandbox(DEBIAN)
+    sb.update_timeout({"max_lifetime_seconds": 3600})
+    hard = sb.data["hard_expires_at"]
+    created = sb.data["created_at"]
+    assert hard is not None
+    parse = lambda s: datetime.fromisoformat(str(s).replace("Z", "+00:00"))  # noqa: E731
+    assert parse(hard) - parse(created) == timedelta(seconds=3600)
+    other = make_sandbox(DEBIAN)
+    assert other.data["hard_expires_at"] is None
+
+    snap = leap0_client.sandboxes.get(sb.id).create_snapshot(name=f"st-{uuid.uuid4().hex[:6]}")
+    try:
+        assert snap.state is not None and snap.state.value == "running"
+    finally:
+        leap0_client.snapshots.delete(snap.id)

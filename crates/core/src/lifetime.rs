@@ -87,6 +87,12 @@ impl Windows {
         after(last_activity, idle_secs.filter(|s| *s > 0)?)
     }
 
+    /// When a sandbox created at `created` is deleted whatever it does (`max_lifetime_secs`);
+    /// `None` without a lifetime limit.
+    pub fn hard_expires_at(&self, created: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        after(created, self.max_lifetime_secs.filter(|s| *s > 0)?)
+    }
+
     /// The action due at `now` for a sandbox that is running (`running`) or paused (since
     /// `paused_since`), created at `created`, idle since `last_activity`.
     pub fn due(
@@ -121,6 +127,22 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hard_expiry_is_creation_plus_lifetime() {
+        let created = Utc::now();
+        let w = Windows {
+            max_lifetime_secs: Some(90),
+            ..Default::default()
+        };
+        assert_eq!(w.hard_expires_at(created), Some(created + Duration::seconds(90)));
+        assert_eq!(Windows::default().hard_expires_at(created), None);
+        let off = Windows {
+            max_lifetime_secs: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(off.hard_expires_at(created), None);
+    }
 
     #[test]
     fn neevcloud_windows() {

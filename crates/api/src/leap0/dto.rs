@@ -470,6 +470,17 @@ pub fn sandbox_item(sb: &Sandbox) -> Value {
     v
 }
 
+/// The Leap0 `state` of a snapshot: `snapshotting` while it is being made, `running` once
+/// usable (its sandbox comes back running), `deleted` when it failed or is gone.
+fn snapshot_state(s: &Snapshot) -> &'static str {
+    use sandboxd_core::SnapshotStatus as S;
+    match s.status {
+        S::Ready => "running",
+        S::Failed => "deleted",
+        S::Pending | S::Running => "snapshotting",
+    }
+}
+
 /// `SnapshotCreateResponse`. A snapshot made without a name (NeevCloud) shows its id as name.
 pub fn snapshot_view(s: &Snapshot) -> Value {
     merge(
@@ -479,6 +490,8 @@ pub fn snapshot_view(s: &Snapshot) -> Value {
             "template_id": s.template_id,
             "sandbox_id": s.sandbox_id.to_string(),
             "status": s.status.as_str(),
+            // Leap0 reads a snapshot's `state` as a sandbox state: what the capture kept.
+            "state": snapshot_state(s),
             "network_policy": s.network_policy,
             "size_bytes": s.size_bytes,
             "added_bytes": s.added_bytes,

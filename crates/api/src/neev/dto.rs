@@ -312,6 +312,7 @@ pub fn sandbox_view(sb: &Sandbox, connect_url: &str) -> Value {
         } else {
             None
         },
+        "hard_expires_at": sb.windows.hard_expires_at(sb.created_at).map(ts),
         "max_lifetime_seconds": sb.windows.max_lifetime_secs,
         "paused_retention_seconds": sb.windows.paused_retention_secs,
         "on_idle": sb.windows.on_idle,
