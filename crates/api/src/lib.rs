@@ -14,6 +14,7 @@ mod neev;
 mod observe;
 mod preview;
 mod query;
+mod uploads;
 pub mod sandbox_host;
 pub mod ssh;
 pub mod terminal;
@@ -74,6 +75,28 @@ async fn method_not_allowed() -> impl IntoResponse {
     )
 }
 
+/// An error answered to a request that carried a body may have been sent before the body was
+/// read (an unknown route, a bad key); the server then cannot reuse the connection. Saying
+/// `Connection: close` lets the client know, instead of its next pooled request failing.
+async fn close_after_early_error(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::header;
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -93,6 +116,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             sandbox_host::by_host,
         ))
+        .layer(axum::middleware::from_fn(close_after_early_error))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }

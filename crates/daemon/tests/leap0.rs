@@ -850,3 +850,53 @@ fn presigned_urls_expose_a_sandbox_port_until_revoked_or_expired() {
     assert!(r.status == 200 || r.status == 204, "{}", r.raw);
     assert_eq!(get_public(&format!("{last}hi.txt")).0, 404);
 }
+
+/// An error answered before a large request body was read closes the connection *and says
+/// so*: a pooled client must not send its next request into a connection the server dropped.
+#[test]
+fn early_errors_on_large_bodies_say_connection_close() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let d = Daemon::start();
+    let addr = d.url.trim_start_matches("http://").to_string();
+    let body = vec![b'x'; 300 * 1024];
+    for (path, auth) in [("/v1/no-such-route", true), ("/v1/sandbox", false)] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if auth {
+            head.push_str(&format!("Authorization: Bearer {}\r\n", d.key));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        // The server may answer (and stop reading) before the whole body is sent.
+        let _ = s.write_all(&body);
+        let mut r = BufReader::new(s);
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 4"),
+            "{path}: unexpected status line {status:?}"
+        );
+        let mut close = false;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            let l = line.to_ascii_lowercase();
+            close |= l.starts_with("connection:") && l.contains("close");
+        }
+        assert!(close, "{path}: an early error must carry Connection: close");
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+    }
+    // A keep-alive error with a small body that was read still closes (harmless), and a fresh
+    // connection works.
+    let ok = call(&d.key, "GET", &format!("{}/v1/sandboxes", d.url), None);
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+}
