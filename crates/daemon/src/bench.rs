@@ -2,9 +2,11 @@
 //! measures create-to-first-exec, exec round trip, delete and idle memory, each against raw
 //! runsc run in the same command. Prints a table, then the same data as one JSON object.
 //! `--suite snapshots` measures snapshots, restore, fork, pause/resume and snapshot storage
-//! instead (bench/snapshots.rs). See docs/benchmarks.md.
+//! instead (bench/snapshots.rs); `--suite interactive` a keystroke through a terminal, a code
+//! interpreter cell and an SSH login (bench/interactive.rs). See docs/benchmarks.md.
 
 mod daemon;
+mod interactive;
 mod procs;
 mod raw;
 mod report;
@@ -24,15 +26,16 @@ use report::{summarize, Row, Summary, Target};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: the sandbox lifecycle (default), or snapshots, fork, pause/resume.
+    /// What to measure: the sandbox lifecycle (default), snapshots (fork, pause/resume), or
+    /// interactive sessions (terminal, code interpreter, SSH).
     #[arg(long, value_enum, default_value_t = Suite::Lifecycle)]
     pub suite: Suite,
     /// Runs per latency metric (exec round trip uses 5x this many). Default: 20 for the
-    /// lifecycle suite, 10 for the snapshots suite.
+    /// lifecycle suite, 10 for the snapshots suite, 30 for the interactive suite.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub runs: Option<u32>,
-    /// Template to create sandboxes from (default sb-busybox; the snapshots suite needs
-    /// sb-debian-12-python, its default).
+    /// Template to create sandboxes from (default sb-busybox; the snapshots and interactive
+    /// suites need sb-debian-12-python, their default).
     #[arg(long, value_parser = ["sb-busybox", "sb-debian-12-python"])]
     pub template: Option<String>,
     /// Snapshots suite: what the python process writes into its 256 MiB (random bytes, or
@@ -69,6 +72,8 @@ pub enum Suite {
     /// snapshot with memory, restore-as-new, fork, pause/resume, filesystem-only snapshot,
     /// snapshot storage.
     Snapshots,
+    /// keystroke echo through a terminal, code interpreter `1+1`, SSH login.
+    Interactive,
 }
 
 impl BenchArgs {
@@ -76,15 +81,23 @@ impl BenchArgs {
         self.runs.unwrap_or(match self.suite {
             Suite::Lifecycle => 20,
             Suite::Snapshots => 10,
+            Suite::Interactive => 30,
         })
     }
 
     pub fn template(&self) -> &str {
         self.template.as_deref().unwrap_or(match self.suite {
             Suite::Lifecycle => "sb-busybox",
-            Suite::Snapshots => "sb-debian-12-python",
+            Suite::Snapshots | Suite::Interactive => "sb-debian-12-python",
         })
     }
+}
+
+/// What a suite measured, for printing.
+enum Outcome {
+    Lifecycle(Vec<Row>),
+    Snapshots(snapshots::Report),
+    Interactive(interactive::Report),
 }
 
 const EXECS_PER_RUN: usize = 5;
@@ -114,8 +127,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("sandboxd bench must run as root (it runs runsc, netns and cgroups)");
     }
-    if a.suite == Suite::Snapshots && a.template() != "sb-debian-12-python" {
-        bail!("the snapshots suite needs --template sb-debian-12-python (it runs python3)");
+    if a.suite != Suite::Lifecycle && a.template() != "sb-debian-12-python" {
+        bail!("this suite needs --template sb-debian-12-python (it runs python3)");
     }
     let template_dir = a.templates_dir.join(a.template());
     raw::check_template(&template_dir)?;
@@ -153,9 +166,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let loadavg_start = loadavg();
     let started = Instant::now();
     let result = match a.suite {
-        Suite::Lifecycle => measure(&a, &mut ctx, &template_dir, &agent).map(|r| (r, None)),
+        Suite::Lifecycle => measure(&a, &mut ctx, &template_dir, &agent).map(Outcome::Lifecycle),
         Suite::Snapshots => {
-            snapshots::measure(&a, &mut ctx, &template_dir, &agent).map(|r| (Vec::new(), Some(r)))
+            snapshots::measure(&a, &mut ctx, &template_dir, &agent).map(Outcome::Snapshots)
+        }
+        Suite::Interactive => {
+            interactive::measure(&a, &mut ctx, &template_dir, &agent).map(Outcome::Interactive)
         }
     };
     if result.is_err() && !procs::interrupted() {
@@ -164,28 +180,62 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     let leftovers = cleanup(&mut ctx);
-    let (rows, snap) = result?;
+    let outcome = result?;
     if !leftovers.is_empty() {
         bail!("could not delete: {}", leftovers.join(", "));
     }
     let wall = started.elapsed();
-    if let Some(rep) = snap {
-        let mut out = json!({
-            "benchmark": "sandboxd bench --suite snapshots",
-            "template": a.template(),
-            "runs": a.runs(),
-            "machine": machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
-            "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
-            "rows": rep.rows.iter().map(report::row_json).collect::<Vec<_>>(),
-            "targets": report::targets_json(&rep.targets),
-        });
-        if let (Some(o), Some(x)) = (out.as_object_mut(), rep.extra.as_object()) {
-            o.extend(x.clone());
+    let rows = match outcome {
+        Outcome::Lifecycle(rows) => rows,
+        Outcome::Interactive(rep) => {
+            let mut out = json!({
+                "benchmark": "sandboxd bench --suite interactive",
+                "template": a.template(),
+                "runs": a.runs(),
+                "machine": machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
+                "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
+                "rows": rep.rows.iter().map(report::row_json).collect::<Vec<_>>(),
+                "targets": report::targets_json(&rep.targets),
+            });
+            if let (Some(o), Some(x)) = (out.as_object_mut(), rep.extra.as_object()) {
+                o.extend(x.clone());
+            }
+            println!(
+                "sandboxd bench --suite interactive: template {}, N={}, {} CPUs, {runsc_version}, systrap, {:.0} s, load {} -> {}",
+                a.template(),
+                a.runs(),
+                out["machine"]["cpus"],
+                wall.as_secs_f64(),
+                loadavg_start,
+                out["machine"]["loadavg_end"].as_str().unwrap_or_default(),
+            );
+            println!();
+            println!("{}", report::table(&rep.rows));
+            println!();
+            println!("(the runsc columns hold each row's baseline, measured in the same run)");
+            println!("{}", report::targets_text(&rep.targets));
+            println!();
+            return emit(&out, a.json.as_deref());
         }
-        snapshots::print(&out, &rep, wall.as_secs_f64());
-        return emit(&out, a.json.as_deref());
-    }
+        Outcome::Snapshots(rep) => {
+            let mut out = json!({
+                "benchmark": "sandboxd bench --suite snapshots",
+                "template": a.template(),
+                "runs": a.runs(),
+                "machine": machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
+                "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
+                "rows": rep.rows.iter().map(report::row_json).collect::<Vec<_>>(),
+                "targets": report::targets_json(&rep.targets),
+            });
+            if let (Some(o), Some(x)) = (out.as_object_mut(), rep.extra.as_object()) {
+                o.extend(x.clone());
+            }
+            snapshots::print(&out, &rep, wall.as_secs_f64());
+            return emit(&out, a.json.as_deref());
+        }
+    };
 
     let by = |k: &str| rows.iter().find(|r| r.key == k).expect("row");
     let c2e = by("create_to_first_exec");
@@ -303,12 +353,17 @@ fn start_both(
     agent: &Path,
 ) -> anyhow::Result<()> {
     progress("starting the daemon");
+    let extra_args = match a.suite {
+        Suite::Interactive => interactive::daemon_args(),
+        Suite::Lifecycle | Suite::Snapshots => Vec::new(),
+    };
     ctx.daemon = Some(Daemon::start(&DaemonOpts {
         data_dir: &ctx.work.join("daemon"),
         templates_dir: &a.templates_dir,
         agent_binary: agent,
         runsc: &a.runsc,
         subnet_octet: a.subnet_octet,
+        extra_args: &extra_args,
     })?);
     ctx.raw = Some(Raw::new(&a.runsc, &ctx.work.join("raw"), template_dir)?);
     Ok(())

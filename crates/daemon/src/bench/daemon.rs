@@ -19,6 +19,8 @@ pub struct DaemonOpts<'a> {
     pub agent_binary: &'a Path,
     pub runsc: &'a Path,
     pub subnet_octet: u8,
+    /// More `serve` flags (e.g. `--ssh-listen=127.0.0.1:0`); empty for the default daemon.
+    pub extra_args: &'a [String],
 }
 
 pub struct Daemon {
@@ -26,6 +28,8 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     url: String,
     key: String,
+    /// The SSH gateway's address (`ssh on ADDR`), when started with `--ssh-listen`.
+    pub ssh_addr: Option<String>,
     http: ureq::Agent,
     /// Sandboxes created and not (known to be) deleted yet.
     live: BTreeSet<String>,
@@ -52,6 +56,7 @@ impl Daemon {
             .arg(format!("--subnet-octet={}", o.subnet_octet))
             .arg("--no-template-build")
             .arg("--reclaim-subnet")
+            .args(o.extra_args)
             .env_remove("SANDBOXD_ADMIN_KEY")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -62,8 +67,11 @@ impl Daemon {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
+                // `ssh on ADDR` (with --ssh-listen) comes before `listening on ADDR`.
+                if let Some(addr) = line.strip_prefix("ssh on ") {
+                    let _ = tx.send((false, addr.to_string()));
+                } else if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send((true, addr.to_string()));
                 }
             }
         });
@@ -72,17 +80,25 @@ impl Daemon {
             data_dir: o.data_dir.to_path_buf(),
             url: String::new(),
             key: String::new(),
+            ssh_addr: None,
             http: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(120))
                 .build(),
             live: BTreeSet::new(),
             snaps: BTreeSet::new(),
         };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => d.url = format!("http://{addr}"),
-            Err(_) => {
-                d.stop();
-                bail!("the daemon did not start; log:\n{}", d.log_tail(40));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((true, addr)) => {
+                    d.url = format!("http://{addr}");
+                    break;
+                }
+                Ok((false, addr)) => d.ssh_addr = Some(addr),
+                Err(_) => {
+                    d.stop();
+                    bail!("the daemon did not start; log:\n{}", d.log_tail(40));
+                }
             }
         }
         d.key = std::fs::read_to_string(o.data_dir.join("admin.key"))
@@ -105,8 +121,14 @@ impl Daemon {
         )
     }
 
-    fn auth(&self) -> String {
+    /// `Authorization` header value.
+    pub fn auth(&self) -> String {
         format!("Bearer {}", self.key)
+    }
+
+    /// `http://127.0.0.1:PORT`, the API and data plane.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// POST create; returns the sandbox id once the 201 (phase Ready) has been read.
@@ -483,7 +505,7 @@ impl Daemon {
     }
 }
 
-fn read_json(r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<(u16, Value)> {
+pub(super) fn read_json(r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<(u16, Value)> {
     let resp = match r {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
