@@ -65,6 +65,9 @@ impl Context {
     fn kill(&self) {
         let mut run = self.run.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(mut r) = run.take() {
+            // The driver leads its own process group: whatever the cells started dies too.
+            // SAFETY: kill has no memory-safety preconditions; a negative id names a group.
+            unsafe { libc::kill(-(r.child.id() as i32), libc::SIGKILL) };
             let _ = r.child.kill();
         }
         self.info.lock().unwrap_or_else(|p| p.into_inner()).alive = false;

@@ -11,3 +11,5 @@ pub mod proto;
 pub mod server;
 pub mod session;
 mod spawn;
+pub mod upload;
+pub mod watch;

@@ -112,6 +112,10 @@ pub enum Request {
         signal: Option<i32>,
         remove: bool,
     },
+    /// Moves the memory watchdog's limit (a live resize); replies `Ok`.
+    SetMemoryLimit {
+        bytes: u64,
+    },
     /// Starts a code-interpreter context (a live interpreter); replies `Context`.
     InterpCreate {
         id: Option<String>,
@@ -135,6 +139,45 @@ pub enum Request {
         env: Option<std::collections::HashMap<String, String>>,
         timeout_ms: Option<u64>,
     },
+    /// Watches `path` (with `recursive`, every directory under it, including ones made
+    /// later): `Ok` once watching, then `WatchEvent` lines until `timeout_ms` passes, the
+    /// client closes the connection or the path goes away; then `End`.
+    Watch {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+        timeout_ms: Option<u64>,
+    },
+    /// Starts a resumable upload of `total` bytes to `target`, staged in the empty file
+    /// `temp` (see [`crate::upload::temp_path`]); replies `UploadOffset`.
+    UploadCreate {
+        temp: String,
+        target: String,
+        total: u64,
+    },
+    /// Writes a chunk (base64) at `offset` of the upload staged in `temp`. The offset may not
+    /// lie past the bytes already there (error `conflict`); a resent chunk is harmless. At
+    /// `total` bytes the file is renamed onto `target`. Replies `UploadOffset`.
+    UploadWrite {
+        temp: String,
+        target: String,
+        offset: u64,
+        total: u64,
+        data: String,
+    },
+}
+
+/// One change seen by a `Watch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WatchEvent {
+    /// "create", "write", "remove", "rename" or "chmod" (fsnotify's kinds).
+    pub kind: String,
+    pub path: String,
+    /// The entry as it is now, unless it was removed (or is gone already).
+    pub entry: Option<FileInfo>,
+    /// Events were dropped (a slow client): `path` is the watched root, rescan it.
+    #[serde(default)]
+    pub overflow: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -248,8 +291,16 @@ pub enum Reply {
     Sessions {
         items: Vec<SessionInfo>,
     },
+    /// A change seen by a `Watch`.
+    WatchEvent(WatchEvent),
+    /// Bytes an upload holds; `done` once it was moved into place.
+    UploadOffset {
+        offset: u64,
+        done: bool,
+    },
     Error {
-        /// "not_found", "invalid", "exists", "not_dir", "is_dir", "permission", "io".
+        /// "not_found", "invalid", "exists", "not_dir", "is_dir", "permission", "conflict",
+        /// "io".
         code: String,
         message: String,
     },

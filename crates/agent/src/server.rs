@@ -76,6 +76,9 @@ pub struct Agent {
     oom_kills: std::sync::atomic::AtomicU64,
     sessions: Sessions,
     contexts: crate::interp::Contexts,
+    uploads: crate::upload::Uploads,
+    /// The memory watchdog's limit in bytes (0: the watchdog idles).
+    memory_limit: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -353,15 +356,39 @@ impl Agent {
         }
     }
 
-    /// Keeps the sandbox under `limit` bytes of resident memory: when the processes' total
-    /// goes over, the largest process group is killed and its process marked `oom_killed`,
-    /// with a line on its stderr. The runtime's cgroup limit sits above this one, as a
-    /// backstop that would take the whole sandbox down.
-    pub fn run_memory_watchdog(self: &Arc<Self>, limit: u64) {
+    /// Sets the memory watchdog's limit (0: off); `run_memory_watchdog` picks it up.
+    pub fn set_memory_limit(&self, bytes: u64) {
+        self.memory_limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Keeps the sandbox under its memory limit ([`Agent::set_memory_limit`]) of resident
+    /// memory: when the processes' total goes over, the largest process group is killed and
+    /// its process marked `oom_killed`, with a line on its stderr. The runtime's cgroup limit
+    /// sits above this one, as a backstop that would take the whole sandbox down.
+    ///
+    /// Each tick first reads one cheap total (`/proc/meminfo`: the whole sandbox under gVisor)
+    /// and walks `/proc` only when that total comes near the limit; far below it, ticks are
+    /// further apart (see [`crate::memory::plan`]).
+    pub fn run_memory_watchdog(self: &Arc<Self>) {
         let own = std::process::id() as i32;
         let mut last_victim = None;
+        let mut meminfo = crate::memory::Meminfo::open();
+        let mut next = crate::memory::FAST;
         loop {
-            thread::sleep(Duration::from_millis(20));
+            thread::sleep(next);
+            let limit = self
+                .memory_limit
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if limit == 0 {
+                next = crate::memory::OFF;
+                continue;
+            }
+            let plan = crate::memory::plan(meminfo.as_mut().and_then(|m| m.used()), limit);
+            next = plan.next;
+            if !plan.scan {
+                continue;
+            }
             let usage = crate::memory::scan();
             let total: u64 = usage.iter().map(|p| p.rss).sum();
             if total <= limit {
@@ -584,6 +611,29 @@ impl Agent {
                 Err(e) => io_error(&from, e),
             },
             Request::Reidentify { hostname } => reidentify(&hostname),
+            Request::UploadCreate {
+                temp,
+                target,
+                total,
+            } => self.uploads.create(&temp, &target, total),
+            Request::UploadWrite {
+                temp,
+                target,
+                offset,
+                total,
+                data,
+            } => match B64.decode(&data) {
+                Ok(bytes) => self.uploads.write(&temp, &target, offset, total, &bytes),
+                Err(_) => Reply::error("invalid", "data is not base64"),
+            },
+            Request::SetMemoryLimit { bytes } => {
+                if bytes == 0 {
+                    Reply::error("invalid", "the memory limit must be positive")
+                } else {
+                    self.set_memory_limit(bytes);
+                    Reply::Ok
+                }
+            }
             Request::SessionCreate(spec) => match self.create_session(spec) {
                 Ok(s) => Reply::Session(s.info()),
                 Err(e) => e.into(),
@@ -672,6 +722,9 @@ impl Agent {
             // Served by `serve_conn`, which hands the connection over to the session.
             Request::SessionOpen(_) | Request::SessionAttach { .. } => {
                 Reply::error("invalid", "sessions are attached on a connection of their own")
+            }
+            Request::Watch { .. } => {
+                Reply::error("invalid", "a watch is served on a connection of its own")
             }
         };
         write_reply(out, &reply)
@@ -866,6 +919,11 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
     } else {
         "other"
     }
+}
+
+/// `lstat` of `path` as a [`FileInfo`].
+pub(crate) fn stat_path(path: &Path) -> std::io::Result<FileInfo> {
+    stat(path)
 }
 
 fn stat(path: &Path) -> std::io::Result<FileInfo> {
@@ -1077,6 +1135,17 @@ fn serve_conn(agent: Arc<Agent>, stream: TcpStream) {
                     return;
                 }
                 let _ = agent.attach_session(req, &mut reader, writer.get_ref());
+                return;
+            }
+            Ok(Request::Watch {
+                path,
+                recursive,
+                timeout_ms,
+            }) => {
+                if writer.flush().is_err() {
+                    return;
+                }
+                crate::watch::serve(&path, recursive, timeout_ms, writer.get_ref());
                 return;
             }
             Ok(req) => agent.handle(req, &mut writer),

@@ -45,6 +45,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/files/mkdir", post(mkdir))
         .route("/v1/files/move", post(move_file))
         .route("/v1/files/remove", post(remove))
+        .route("/v1/files/watch", post(watch))
+        .merge(crate::uploads::routes())
         .route("/v1/pty", axum::routing::get(pty))
         .route("/v1/ssh", axum::routing::get(ssh))
 }
@@ -120,19 +122,19 @@ async fn pty_open(
 }
 
 /// Every handler's result: errors are rendered in the data-plane shape.
-type DpResult = Result<Response, ApiError>;
+pub(crate) type DpResult = Result<Response, ApiError>;
 
-fn finish(r: DpResult) -> Response {
+pub(crate) fn finish(r: DpResult) -> Response {
     r.unwrap_or_else(|e| e.in_dialect(Dialect::DataPlane).into_response())
 }
 
-struct Ctx {
-    st: AppState,
-    principal: Principal,
-    id: SandboxId,
+pub(crate) struct Ctx {
+    pub(crate) st: AppState,
+    pub(crate) principal: Principal,
+    pub(crate) id: SandboxId,
 }
 
-fn ctx(st: &AppState, headers: &HeaderMap) -> Result<Ctx, ApiError> {
+pub(crate) fn ctx(st: &AppState, headers: &HeaderMap) -> Result<Ctx, ApiError> {
     let principal = principal(st, headers)?;
     let raw = headers
         .get("x-sandbox-id")
@@ -148,7 +150,7 @@ fn ctx(st: &AppState, headers: &HeaderMap) -> Result<Ctx, ApiError> {
 }
 
 impl Ctx {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         tool: &str,
         target: Option<String>,
@@ -166,20 +168,21 @@ impl Ctx {
     }
 }
 
-fn agent_error(code: &str, message: String) -> ApiError {
+pub(crate) fn agent_error(code: &str, message: String) -> ApiError {
     let (status, c) = match code {
         "not_found" => (StatusCode::NOT_FOUND, "not_found"),
         "invalid" | "not_dir" | "is_dir" | "not_empty" => {
             (StatusCode::BAD_REQUEST, "invalid_argument")
         }
         "exists" => (StatusCode::CONFLICT, "already_exists"),
+        "conflict" => (StatusCode::CONFLICT, "failed_precondition"),
         "permission" => (StatusCode::FORBIDDEN, "permission_denied"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     ApiError::new(status, c, message)
 }
 
-fn unexpected() -> ApiError {
+pub(crate) fn unexpected() -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
         "internal",
@@ -213,7 +216,7 @@ fn argv(command: &str, args: Vec<String>) -> Result<Vec<String>, ApiError> {
     })
 }
 
-fn resolve_path(path: &str, cwd: Option<&str>) -> String {
+pub(crate) fn resolve_path(path: &str, cwd: Option<&str>) -> String {
     if path.starts_with('/') {
         return path.to_string();
     }
@@ -258,8 +261,62 @@ struct Follow {
     stream: ReplyStream,
     pid: u32,
     deadline: Option<tokio::time::Instant>,
+    /// The caller's timeout, for messages.
+    timeout_ms: Option<u64>,
     done: bool,
     last_sent: tokio::time::Instant,
+    /// The output so far (its tail), for the error at the deadline.
+    tail: OutputTail,
+}
+
+/// The last [`TAIL_BYTES`] of a command's stdout and stderr.
+#[derive(Default)]
+struct OutputTail {
+    stdout: std::collections::VecDeque<u8>,
+    stderr: std::collections::VecDeque<u8>,
+    dropped: [usize; 2],
+}
+
+/// Output of a timed-out command repeated in its error (exec_stream callers saw it all).
+const TAIL_BYTES: usize = 32 * 1024;
+/// How long after the kill at a deadline the rest of the output may take to arrive.
+const DRAIN_AFTER_KILL: Duration = Duration::from_millis(500);
+
+impl OutputTail {
+    fn push(&mut self, stream: &str, b64: &str) {
+        let bytes = B64.decode(b64).unwrap_or_default();
+        let (buf, i) = if stream == "stderr" {
+            (&mut self.stderr, 1)
+        } else {
+            (&mut self.stdout, 0)
+        };
+        buf.extend(bytes);
+        let over = buf.len().saturating_sub(TAIL_BYTES);
+        buf.drain(..over);
+        self.dropped[i] += over;
+    }
+
+    /// The error message of a command killed at its deadline, with the output it printed.
+    fn message(&self, timeout_ms: u64) -> String {
+        let mut m = format!("command timed out after {timeout_ms} ms and was killed");
+        for (name, buf, dropped) in [
+            ("stdout", &self.stdout, self.dropped[0]),
+            ("stderr", &self.stderr, self.dropped[1]),
+        ] {
+            if buf.is_empty() {
+                continue;
+            }
+            let (a, b) = buf.as_slices();
+            let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+            let cut = if dropped > 0 {
+                format!(", last {} bytes", buf.len())
+            } else {
+                String::new()
+            };
+            m.push_str(&format!("\n--- {name} before the deadline{cut} ---\n{text}"));
+        }
+        m
+    }
 }
 
 /// Turns agent log events into SDK frames: `stdout`/`stderr` (base64), then `exit`.
@@ -276,6 +333,10 @@ fn follow_frames(
                 Some(d) => LIVENESS.min(d.saturating_duration_since(tokio::time::Instant::now())),
                 None => LIVENESS,
             };
+            let timed_out = f.deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if timed_out {
+                return Some((Ok(deadline_frames(&mut f, error_frames).await), f));
+            }
             let event = tokio::time::timeout(wait, f.stream.next()).await;
             if event.is_ok() {
                 f.last_sent = tokio::time::Instant::now();
@@ -289,30 +350,6 @@ fn follow_frames(
                             return Some((Ok(line(frame)), f));
                         }
                         return None;
-                    }
-                    if f.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        let _ = f
-                            .ctx
-                            .st
-                            .engine
-                            .agent_call(
-                                &f.ctx.principal,
-                                f.ctx.id,
-                                "processes.kill",
-                                None,
-                                Request::Kill {
-                                    pid: f.pid,
-                                    signal: Some(9),
-                                },
-                            )
-                            .await;
-                        f.done = true;
-                        let frame = if error_frames {
-                            json!({"type": "error", "reason_code": "deadline_exceeded", "message": "command timed out and was killed"})
-                        } else {
-                            json!({"type": "exit", "exit_code": 124})
-                        };
-                        return Some((Ok(line(frame)), f));
                     }
                     if f.last_sent.elapsed() < KEEPALIVE {
                         continue;
@@ -330,6 +367,9 @@ fn follow_frames(
                 }
                 Ok(Some(Ok(reply))) => match reply {
                     Reply::Output { stream, data, .. } => {
+                        if f.deadline.is_some() {
+                            f.tail.push(&stream, &data);
+                        }
                         Some((Ok(line(json!({"type": stream, "data": data}))), f))
                     }
                     Reply::Exit(info) => {
@@ -342,6 +382,49 @@ fn follow_frames(
             };
         }
     })
+}
+
+/// At the deadline: kills the process, forwards the output it printed up to its death, and
+/// ends the stream with a `deadline_exceeded` error carrying that output (`exec()` in the SDK
+/// keeps nothing else of it), or, for followers that take no error frames, exit 124 as
+/// timeout(1) reports it (Leap0's `process/execute` does the same).
+async fn deadline_frames(f: &mut Follow, error_frames: bool) -> Bytes {
+    let _ = f
+        .ctx
+        .st
+        .engine
+        .agent_call(
+            &f.ctx.principal,
+            f.ctx.id,
+            "processes.kill",
+            None,
+            Request::Kill {
+                pid: f.pid,
+                signal: Some(9),
+            },
+        )
+        .await;
+    f.done = true;
+    let mut out = Vec::new();
+    let until = tokio::time::Instant::now() + DRAIN_AFTER_KILL;
+    while let Ok(Some(Ok(reply))) = tokio::time::timeout_at(until, f.stream.next()).await {
+        match reply {
+            Reply::Output { stream, data, .. } => {
+                f.tail.push(&stream, &data);
+                out.extend_from_slice(&line(json!({"type": stream, "data": data})));
+            }
+            Reply::Exit(_) | Reply::End => break,
+            _ => {}
+        }
+    }
+    let frame = if error_frames {
+        let ms = f.timeout_ms.unwrap_or(0);
+        json!({"type": "error", "reason_code": "deadline_exceeded", "message": f.tail.message(ms)})
+    } else {
+        json!({"type": "exit", "exit_code": 124})
+    };
+    out.extend_from_slice(&line(frame));
+    Bytes::from(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,8 +513,10 @@ async fn exec(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
                     stream,
                     pid: info.pid,
                     deadline,
+                    timeout_ms: req.timeout_ms,
                     done: false,
                     last_sent: tokio::time::Instant::now(),
+                    tail: OutputTail::default(),
                 },
                 true,
             )))
@@ -640,8 +725,10 @@ async fn logs(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Res
                                 stream,
                                 pid,
                                 deadline: None,
+                                timeout_ms: None,
                                 done: ended,
                                 last_sent: tokio::time::Instant::now(),
+                                tail: OutputTail::default(),
                             },
                             false,
                         );
@@ -917,9 +1004,118 @@ async fn remove(State(st): State<AppState>, headers: HeaderMap, body: Body) -> R
     )
 }
 
+#[derive(Debug, Deserialize)]
+struct WatchReq {
+    path: String,
+    cwd: Option<String>,
+    #[serde(default)]
+    recursive: bool,
+    timeout_ms: Option<u64>,
+}
+
+/// A watch's agent stream, turned into the SDK's frames.
+struct Watching {
+    ctx: Ctx,
+    stream: ReplyStream,
+    last_sent: tokio::time::Instant,
+}
+
+/// `POST /v1/files/watch`: ndjson `{"type","path","entry"}` lines, one per change, until
+/// `timeout_ms` passes or the client leaves (the agent then drops its inotify watches). A
+/// watch that fell behind gets a `write` on the watched path itself: rescan it.
+async fn watch(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    finish(
+        async {
+            let c = ctx(&st, &headers)?;
+            let req: WatchReq = read_json(body, false).await?;
+            let full = resolve_path(&req.path, req.cwd.as_deref());
+            let started = std::time::Instant::now();
+            let mut stream =
+                c.st.engine
+                    .agent_stream(
+                        &c.principal,
+                        c.id,
+                        Request::Watch {
+                            path: full.clone(),
+                            recursive: req.recursive,
+                            timeout_ms: req.timeout_ms,
+                        },
+                    )
+                    .await?;
+            let first = stream.next().await;
+            let reason = match &first {
+                Some(Ok(Reply::Ok)) => None,
+                Some(Ok(Reply::Error { code, .. })) => Some(code.clone()),
+                _ => Some("unavailable".to_string()),
+            };
+            let ms = started.elapsed().as_millis() as u64;
+            c.st.engine
+                .audit_event(c.id, "files.watch", None, Some(full), reason, ms);
+            match first {
+                Some(Ok(Reply::Ok)) => {}
+                Some(Ok(Reply::Error { code, message })) => {
+                    return Err(agent_error(&code, message))
+                }
+                _ => return Err(unexpected()),
+            }
+            let w = Watching {
+                ctx: c,
+                stream,
+                last_sent: tokio::time::Instant::now(),
+            };
+            Ok(ndjson(futures_util::stream::unfold(w, |mut w| async move {
+                loop {
+                    match tokio::time::timeout(LIVENESS, w.stream.next()).await {
+                        Err(_) => {
+                            if !w.ctx.st.engine.is_running(w.ctx.id) {
+                                return None;
+                            }
+                            if w.last_sent.elapsed() >= KEEPALIVE {
+                                w.last_sent = tokio::time::Instant::now();
+                                return Some((Ok(Bytes::from_static(b"\n")), w));
+                            }
+                        }
+                        Ok(Some(Ok(Reply::WatchEvent(e)))) => {
+                            w.last_sent = tokio::time::Instant::now();
+                            return Some((Ok(line(watch_frame(&e))), w));
+                        }
+                        Ok(Some(Ok(Reply::End))) | Ok(None) | Ok(Some(Err(_))) => return None,
+                        Ok(Some(Ok(_))) => {}
+                    }
+                }
+            })))
+        }
+        .await,
+    )
+}
+
+fn watch_frame(e: &sandboxd_agent::proto::WatchEvent) -> Value {
+    let mut v = json!({"type": e.kind, "path": e.path});
+    if let Some(entry) = &e.entry {
+        v["entry"] = entry_json(entry);
+    }
+    if e.overflow {
+        v["overflow"] = json!(true);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_message_carries_the_output_tail() {
+        let mut t = OutputTail::default();
+        t.push("stdout", &B64.encode("before\n"));
+        assert_eq!(
+            t.message(500),
+            "command timed out after 500 ms and was killed\n--- stdout before the deadline ---\nbefore\n"
+        );
+        t.push("stderr", &B64.encode(vec![b'e'; TAIL_BYTES + 3]));
+        let m = t.message(500);
+        assert!(m.contains(&format!("--- stderr before the deadline, last {TAIL_BYTES} bytes ---")));
+    }
 
     #[test]
     fn shell_lines_and_argv() {

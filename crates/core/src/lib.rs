@@ -20,7 +20,7 @@ pub use error::CoreError;
 pub use lifetime::{Lifetime, OnIdle, TimeoutAction, Windows};
 pub use preview::PreviewUrl;
 pub use resources::Resources;
-pub use sandbox::{EnvVar, NetSlot, Sandbox, SandboxId};
+pub use sandbox::{EnvVar, Health, LastCrash, NetSlot, Sandbox, SandboxId};
 pub use snapshot::{Snapshot, SnapshotStatus};
 pub use ssh::SshAccess;
 pub use state::SandboxState;

@@ -117,6 +117,30 @@ pub struct Sandbox {
     /// the egress engine's job.
     #[serde(default)]
     pub network_policy: Option<serde_json::Value>,
+    /// Unexpected stops and the recovery from them.
+    #[serde(default)]
+    pub health: Health,
+}
+
+/// A sandbox's crash history: the daemon restarts a sandbox whose container died without
+/// being asked to, up to a few times in a window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// The most recent unexpected stop; kept after the sandbox recovers.
+    pub last_crash: Option<LastCrash>,
+    /// When the recent unexpected stops happened (the restart window's).
+    pub crashes: Vec<DateTime<Utc>>,
+    /// Restarts after crashes, over the sandbox's life.
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastCrash {
+    pub at: DateTime<Utc>,
+    /// `OOMKilled` or `Crashed`.
+    pub reason: String,
+    /// The sandbox came back with an empty filesystem (never: restarts keep the layer).
+    pub storage_reset: bool,
 }
 
 #[cfg(test)]

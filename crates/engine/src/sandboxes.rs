@@ -14,6 +14,11 @@ use sandboxd_runtime::{ContainerStatus, SandboxSpec};
 use tracing::{info, instrument, warn};
 
 use crate::agent_client::{self, ReplyStream};
+
+/// Crashes within [`CRASH_WINDOW`] after which a sandbox is not restarted any more.
+pub const MAX_CRASHES: usize = 3;
+/// The window crashes are counted in.
+pub const CRASH_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
 use crate::templates::{Template, TemplateStatus};
 use crate::{agent_addr, AuditRecord, Engine, EngineError};
 
@@ -223,6 +228,7 @@ impl Engine {
             snapshot_frequency: req.snapshot_frequency,
             lifetime: req.lifetime,
             network_policy: req.network_policy,
+            health: Default::default(),
         };
         tracing::Span::current().record("sandbox_id", sb.id.to_string());
         self.meta.insert_sandbox(&mut sb)?;
@@ -678,9 +684,12 @@ impl Engine {
         matches!(self.meta.get_sandbox(id), Ok(Some(sb)) if sb.state.expects_container())
     }
 
-    /// Watches running sandboxes; one whose processes are all gone (the kernel's OOM killer
-    /// took gVisor down, or it crashed) is marked `Failed` with the reason and its host
-    /// objects freed. Runs until the process ends.
+    /// Watches running sandboxes. One whose container died without being asked to (gVisor
+    /// crashed, the kernel's OOM killer took it) gets `last_crash` recorded and is booted
+    /// again on its writable layer (files kept, processes gone) after a backoff; after
+    /// [`MAX_CRASHES`] crashes within [`CRASH_WINDOW`] it stays stopped with the reason.
+    /// A sandbox that is paused, stopped or in any operation is never touched. Runs until
+    /// the process ends.
     pub async fn watch(self: std::sync::Arc<Self>, every: std::time::Duration) {
         loop {
             tokio::time::sleep(every).await;
@@ -691,36 +700,133 @@ impl Engine {
                 if self.runtime.alive(&sb.id.to_string()) {
                     continue;
                 }
-                let Ok(_busy) = self.begin(sb.id) else {
-                    continue;
-                };
-                // Re-read under the busy mark: a delete may have just finished.
-                let Ok(Some(mut sb)) = self.meta.get_sandbox(sb.id) else {
-                    continue;
-                };
-                if sb.state != SandboxState::Running || self.runtime.alive(&sb.id.to_string()) {
-                    continue;
+                if let Some((tenant, id, delay)) = self.crashed(sb.id).await {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.restart_after_crash(tenant, id, delay).await });
                 }
-                let oom = self
-                    .runtime
-                    .usage(&sb.id.to_string())
-                    .map(|u| u.oom_kills > 0)
-                    .unwrap_or(false);
-                let why = if oom {
-                    "sandbox stopped: out of memory (exceeded its memory limit)"
-                } else {
-                    "sandbox stopped unexpectedly"
-                };
-                warn!(sandbox_id = %sb.id, oom, "{why}");
-                if oom {
-                    self.lifecycle.oom_death(sb.id);
+            }
+        }
+    }
+
+    /// Records a crash of a sandbox found dead; returns what to restart and when, unless it
+    /// crashed too often.
+    async fn crashed(
+        &self,
+        id: SandboxId,
+    ) -> Option<(sandboxd_core::Tenant, SandboxId, std::time::Duration)> {
+        let _busy = self.begin(id).ok()?;
+        // Re-read under the busy mark: a delete or pause may have just finished.
+        let mut sb = self.meta.get_sandbox(id).ok()??;
+        if sb.state != SandboxState::Running || self.runtime.alive(&sb.id.to_string()) {
+            return None;
+        }
+        let oom = self
+            .runtime
+            .usage(&sb.id.to_string())
+            .map(|u| u.oom_kills > 0)
+            .unwrap_or(false);
+        let now = Utc::now();
+        let reason = if oom { "OOMKilled" } else { "Crashed" };
+        warn!(sandbox_id = %sb.id, oom, "sandbox stopped unexpectedly");
+        if oom {
+            self.lifecycle.oom_death(sb.id);
+        }
+        sb.health.crashes.retain(|t| now - *t < CRASH_WINDOW);
+        sb.health.crashes.push(now);
+        sb.health.last_crash = Some(sandboxd_core::LastCrash {
+            at: now,
+            reason: reason.into(),
+            storage_reset: false,
+        });
+        let sid = sb.id.to_string();
+        if let Err(e) = self.blocking(move |rt| rt.discard_dead(&sid)).await {
+            warn!(sandbox_id = %sb.id, error = %e, "clearing the dead container failed");
+        }
+        let n = sb.health.crashes.len();
+        let give_up = n > MAX_CRASHES;
+        sb.state = SandboxState::Stopped;
+        sb.status_message = Some(if give_up {
+            format!(
+                "stopped: crashed {n} times within {} minutes ({}); not restarted. Its files are kept: resume or start it, or roll back to a snapshot",
+                CRASH_WINDOW.num_minutes(),
+                if oom { "out of memory" } else { "the sandbox process died" }
+            )
+        } else if oom {
+            "restarting: stopped out of memory (exceeded its memory limit)".into()
+        } else {
+            "restarting: the sandbox stopped unexpectedly".into()
+        });
+        let _ = self.save(&mut sb);
+        self.audit.record(
+            sb.id,
+            AuditRecord {
+                seq: 0,
+                at: now,
+                tool: "sandbox.crash".into(),
+                command: None,
+                target: Some(reason.into()),
+                success: false,
+                reason_code: Some(if give_up { "CRASH_LOOP" } else { reason }.to_uppercase()),
+                duration_ms: 0,
+            },
+        );
+        if give_up {
+            return None;
+        }
+        // 1 s, 2 s, 4 s … between crashes that come close together.
+        let delay = std::time::Duration::from_secs(1 << (n - 1).min(5));
+        Some((sb.tenant, sb.id, delay))
+    }
+
+    /// Boots a crashed sandbox again on its files, unless someone acted on it meanwhile.
+    async fn restart_after_crash(
+        &self,
+        tenant: sandboxd_core::Tenant,
+        id: SandboxId,
+        delay: std::time::Duration,
+    ) {
+        tokio::time::sleep(delay).await;
+        let Ok(Some(sb)) = self.meta.get_sandbox(id) else {
+            return;
+        };
+        let crashed_at = sb.health.last_crash.as_ref().map(|c| c.at);
+        if sb.state != SandboxState::Stopped
+            || !sb
+                .status_message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("restarting"))
+        {
+            return;
+        }
+        let started = Instant::now();
+        match self.resume_sandbox(&tenant, id).await {
+            Ok(_) => {
+                if let Ok(Some(mut sb)) = self.meta.get_sandbox(id) {
+                    if sb.health.last_crash.as_ref().map(|c| c.at) == crashed_at {
+                        sb.health.restarts += 1;
+                        let _ = self.save(&mut sb);
+                    }
                 }
-                sb.state = SandboxState::Failed;
-                sb.status_message = Some(why.into());
-                let _ = self.save(&mut sb);
-                if let Err(e) = self.destroy_host(&sb).await {
-                    warn!(sandbox_id = %sb.id, error = %e, "cleanup of a dead sandbox failed");
-                }
+                info!(sandbox_id = %id, ms = started.elapsed().as_millis() as u64, "sandbox restarted after a crash");
+                self.audit_event(
+                    id,
+                    "sandbox.restart",
+                    None,
+                    None,
+                    None,
+                    started.elapsed().as_millis() as u64,
+                );
+            }
+            Err(e) => {
+                warn!(sandbox_id = %id, error = %e, "restart after a crash failed");
+                self.audit_event(
+                    id,
+                    "sandbox.restart",
+                    None,
+                    None,
+                    Some("RESTART_FAILED".into()),
+                    started.elapsed().as_millis() as u64,
+                );
             }
         }
     }

@@ -186,6 +186,7 @@ mod tests {
             snapshot_frequency: freq.map(str::to_string),
             lifetime: Default::default(),
             network_policy: None,
+            health: Default::default(),
         }
     }
 

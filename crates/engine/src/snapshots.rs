@@ -256,6 +256,7 @@ impl Engine {
             snapshot_frequency: None,
             lifetime: Default::default(),
             network_policy: snap.network_policy.clone(),
+            health: Default::default(),
         };
         self.meta.insert_sandbox(&mut sb)?;
         fault::point("restore.recorded");

@@ -595,6 +595,7 @@ mod tests {
             snapshot_frequency: None,
             lifetime: Default::default(),
             network_policy: None,
+            health: Default::default(),
         }
     }
 

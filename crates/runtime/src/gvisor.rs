@@ -522,6 +522,15 @@ impl Runtime for Gvisor {
         self.apply_egress(&short_of(id), net, policy)
     }
 
+    fn discard_dead(&self, id: &str) -> Result<(), RuntimeError> {
+        let short = short_of(id);
+        // A container whose sandbox process died may still be listed: delete it, like the
+        // last step of a stop.
+        let _ = self.runsc_run("runsc kill", &short, &["kill", "--all", id, "KILL"]);
+        self.runsc_run("runsc delete", &short, &["delete", "--force", id])
+            .map(|_| ())
+    }
+
     fn resize(&self, id: &str, r: &sandboxd_core::Resources) -> Result<(), RuntimeError> {
         let cg = oci::cgroup_path(&short_of(id));
         cgroup::set_limits(&cg, r.cpu_millis, oci::cgroup_memory_limit(r.memory_bytes()))

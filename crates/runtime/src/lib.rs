@@ -184,6 +184,9 @@ pub trait Runtime: Send + Sync {
     ) -> Result<(), RuntimeError>;
     /// Packets the sandbox sent that its egress policy dropped.
     fn egress_denied(&self, id: &str) -> u64;
+    /// Removes the remains of a container that died on its own (`runsc delete --force`),
+    /// keeping its writable layer and network, so that `resume` can boot it again on its files.
+    fn discard_dead(&self, id: &str) -> Result<(), RuntimeError>;
     /// Resizes a running sandbox's CPU and memory limits in place.
     fn resize(&self, id: &str, resources: &sandboxd_core::Resources) -> Result<(), RuntimeError>;
     /// [`Runtime::egress_denied`] of many sandboxes at once (the metrics sampler's pass).

@@ -29,10 +29,10 @@ fn main() {
     let agent = Agent::new();
     let reaper = agent.clone();
     thread::spawn(move || reaper.run_reaper());
-    if let Some(limit) = memory_limit {
-        let watchdog = agent.clone();
-        thread::spawn(move || watchdog.run_memory_watchdog(limit));
-    }
+    // Always running: a live resize (`SetMemoryLimit`) may set a limit later.
+    agent.set_memory_limit(memory_limit.unwrap_or(0));
+    let watchdog = agent.clone();
+    thread::spawn(move || watchdog.run_memory_watchdog());
     let listener = match TcpListener::bind(&listen) {
         Ok(l) => l,
         Err(e) => {

@@ -313,6 +313,12 @@ pub fn sandbox_view(sb: &Sandbox, connect_url: &str) -> Value {
             None
         },
         "hard_expires_at": sb.windows.hard_expires_at(sb.created_at).map(ts),
+        "last_crash": sb.health.last_crash.as_ref().map(|c| json!({
+            "reason": c.reason,
+            "at": ts(c.at),
+            "storage_reset": c.storage_reset,
+        })),
+        "restarts": sb.health.restarts,
         "max_lifetime_seconds": sb.windows.max_lifetime_secs,
         "paused_retention_seconds": sb.windows.paused_retention_secs,
         "on_idle": sb.windows.on_idle,
