@@ -4,6 +4,8 @@
 
 mod dto;
 mod fs;
+mod git;
+mod lsp;
 mod multipart;
 mod process;
 mod pty;
@@ -47,7 +49,9 @@ pub fn routes() -> Router<AppState> {
         )
         .merge(snapshots::routes())
         .merge(fs::routes())
+        .merge(git::routes())
         .merge(pty::routes())
+        .merge(lsp::routes())
 }
 
 /// An error rendered in Leap0's shape (`{message}`; 400 adds `errors: [{field, error}]`).
