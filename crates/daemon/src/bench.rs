@@ -243,6 +243,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let exec_bare = by("exec_round_trip_vs_bare_runsc");
     let exec_fresh = by("exec_round_trip_new_connection");
     let mem = by("idle_memory");
+    let cpu = by("idle_cpu");
     let wrapper_ms = exec.runsc.median - exec_bare.runsc.median;
     let targets = vec![
         Target {
@@ -276,6 +277,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             text: "idle memory median <= 64 MiB per sandbox".into(),
             value: format!("{:.1} MiB", mem.sandboxd.median),
             met: mem.sandboxd.median <= 64.0,
+        },
+        Target {
+            key: "idle_cpu_le_1_1x_raw_runsc",
+            text: "idle CPU per sandbox <= 1.1x a raw runsc sleep container".into(),
+            value: format!(
+                "{:.2} % vs {:.2} % of a core ({:.2}x)",
+                cpu.sandboxd.median,
+                cpu.runsc.median,
+                cpu.sandboxd.median / cpu.runsc.median.max(1e-9)
+            ),
+            met: cpu.sandboxd.median <= 1.1 * cpu.runsc.median,
         },
     ];
 
@@ -450,8 +462,8 @@ fn measure(
     progress(&format!(
         "idle memory, {k} sandboxes then {k} raw containers"
     ));
-    let (mem_s, rss_s) = idle_sandboxd(ctx, k)?;
-    let (mem_r, rss_r) = idle_raw(ctx, k)?;
+    let (mem_s, rss_s, cpu_s) = idle_sandboxd(ctx, k)?;
+    let (mem_r, rss_r, cpu_r) = idle_raw(ctx, k)?;
 
     let su = |v: &[f64]| summarize(v);
     let runs_label =
@@ -471,6 +483,8 @@ fn measure(
             "raw runsc container running sleep, same cgroup v1 file", su(&mem_r)),
         row("idle_rss", "idle rss/sandbox (memory.stat total_rss)", "MiB", su(&rss_s),
             "raw runsc container running sleep, same cgroup v1 file", su(&rss_r)),
+        row("idle_cpu", "idle CPU/sandbox over 20 s (cpuacct.usage)", "% core", su(&cpu_s),
+            "raw runsc container running sleep, same cgroup v1 file", su(&cpu_r)),
     ])
 }
 
@@ -538,7 +552,37 @@ fn raw_cycle(ctx: &mut Ctx, out: &mut Lifecycle) -> anyhow::Result<()> {
 }
 
 /// Memory (usage, rss) in MiB of `k` idle sandboxes, `IDLE_WAIT` after the last one started.
-fn idle_sandboxd(ctx: &mut Ctx, k: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+/// Idle CPU of cgroups over [`IDLE_CPU_WINDOW`], in % of one core each (cpuacct.usage).
+fn idle_cpu(cgroups: &[String]) -> anyhow::Result<Vec<f64>> {
+    let read = |cg: &str| -> anyhow::Result<u64> {
+        let p = Path::new("/sys/fs/cgroup/cpuacct")
+            .join(cg.trim_start_matches('/'))
+            .join("cpuacct.usage");
+        Ok(std::fs::read_to_string(&p)
+            .with_context(|| format!("read {}", p.display()))?
+            .trim()
+            .parse()?)
+    };
+    let before = cgroups
+        .iter()
+        .map(|c| read(c))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    let t = Instant::now();
+    std::thread::sleep(IDLE_CPU_WINDOW);
+    let secs = t.elapsed().as_secs_f64();
+    cgroups
+        .iter()
+        .zip(before)
+        .map(|(c, b)| Ok((read(c)?.saturating_sub(b)) as f64 / 1e9 / secs * 100.0))
+        .collect()
+}
+
+/// How long idle CPU is measured.
+const IDLE_CPU_WINDOW: Duration = Duration::from_secs(20);
+
+type Idle = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn idle_sandboxd(ctx: &mut Ctx, k: usize) -> anyhow::Result<Idle> {
     let d = ctx.daemon.as_mut().expect("daemon");
     let mut ids = Vec::new();
     for i in 0..k {
@@ -552,13 +596,15 @@ fn idle_sandboxd(ctx: &mut Ctx, k: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
         mem.push(u as f64 / MIB);
         rss.push(r as f64 / MIB);
     }
+    let cgs: Vec<String> = ids.iter().map(|id| format!("sandboxd/{}", short_of(id))).collect();
+    let cpu = idle_cpu(&cgs)?;
     for id in &ids {
         d.delete(id)?;
     }
-    Ok((mem, rss))
+    Ok((mem, rss, cpu))
 }
 
-fn idle_raw(ctx: &mut Ctx, k: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+fn idle_raw(ctx: &mut Ctx, k: usize) -> anyhow::Result<Idle> {
     let r = ctx.raw.as_mut().expect("raw");
     let mut ids = Vec::new();
     for _ in 0..k {
@@ -574,10 +620,12 @@ fn idle_raw(ctx: &mut Ctx, k: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         mem.push(u as f64 / MIB);
         rss.push(x as f64 / MIB);
     }
+    let cgs: Vec<String> = ids.iter().map(|id| r.cgroup(id)).collect();
+    let cpu = idle_cpu(&cgs)?;
     for id in &ids {
         r.delete(id)?;
     }
-    Ok((mem, rss))
+    Ok((mem, rss, cpu))
 }
 
 /// Deletes every sandbox and raw container, stops the daemon and removes the work dir (unless

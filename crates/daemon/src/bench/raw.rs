@@ -187,6 +187,11 @@ impl Raw {
     }
 
     /// The container's memory cgroup usage in bytes.
+    /// The container's cgroup path (below the controller's root).
+    pub fn cgroup(&self, id: &str) -> String {
+        format!("{}/{id}", self.cg_parent)
+    }
+
     pub fn memory_usage(&self, id: &str) -> anyhow::Result<(u64, u64)> {
         memory_usage(&format!("{}/{id}", self.cg_parent))
     }
