@@ -95,7 +95,12 @@ impl Context {
         let req = serde_json::json!({"id": id, "code": code, "env": env});
         let mut line = serde_json::to_vec(&req).expect("request serializes");
         line.push(b'\n');
-        if run.stdin.write_all(&line).and_then(|_| run.stdin.flush()).is_err() {
+        if run
+            .stdin
+            .write_all(&line)
+            .and_then(|_| run.stdin.flush())
+            .is_err()
+        {
             drop(guard);
             self.kill();
             return Err(InterpError::new("gone", "the interpreter has exited"));
@@ -111,7 +116,10 @@ impl Context {
                         continue;
                     }
                     if ev.get("type").and_then(Value::as_str) == Some("done") {
-                        self.info.lock().unwrap_or_else(|p| p.into_inner()).executions += 1;
+                        self.info
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .executions += 1;
                         let mut done = ev;
                         done["timed_out"] = Value::Bool(interrupted);
                         return Ok(done);
@@ -225,7 +233,10 @@ impl Contexts {
         {
             let map = self.lock();
             if map.contains_key(&id) {
-                return Err(InterpError::new("exists", format!("context {id} already exists")));
+                return Err(InterpError::new(
+                    "exists",
+                    format!("context {id} already exists"),
+                ));
             }
             if map.len() >= MAX_CONTEXTS {
                 return Err(InterpError::new(
@@ -311,7 +322,10 @@ impl Contexts {
         if map.contains_key(&id) {
             drop(map);
             ctx.kill();
-            return Err(InterpError::new("exists", format!("context {id} already exists")));
+            return Err(InterpError::new(
+                "exists",
+                format!("context {id} already exists"),
+            ));
         }
         map.insert(id, Arc::clone(&ctx));
         Ok(ctx)

@@ -130,16 +130,52 @@ mod tests {
     fn watchdog_scans_only_near_the_limit() {
         const G: u64 = 1 << 30;
         // Unknown usage: as before, a scan every 20 ms.
-        assert_eq!(plan(None, G), Plan { scan: true, next: FAST });
+        assert_eq!(
+            plan(None, G),
+            Plan {
+                scan: true,
+                next: FAST
+            }
+        );
         // Far below: no scan, slow ticks.
-        assert_eq!(plan(Some(G / 10), G), Plan { scan: false, next: SLOW });
+        assert_eq!(
+            plan(Some(G / 10), G),
+            Plan {
+                scan: false,
+                next: SLOW
+            }
+        );
         // A small limit leaves too little headroom for slow ticks.
-        assert_eq!(plan(Some(1 << 20), 256 << 20), Plan { scan: false, next: FAST });
+        assert_eq!(
+            plan(Some(1 << 20), 256 << 20),
+            Plan {
+                scan: false,
+                next: FAST
+            }
+        );
         // Getting near: fast ticks, still no scan.
-        assert_eq!(plan(Some(G * 6 / 10), G), Plan { scan: false, next: FAST });
+        assert_eq!(
+            plan(Some(G * 6 / 10), G),
+            Plan {
+                scan: false,
+                next: FAST
+            }
+        );
         // Near or over: scan every fast tick.
-        assert_eq!(plan(Some(G / 100 * 81), G), Plan { scan: true, next: FAST });
-        assert_eq!(plan(Some(3 * G), G), Plan { scan: true, next: FAST });
+        assert_eq!(
+            plan(Some(G / 100 * 81), G),
+            Plan {
+                scan: true,
+                next: FAST
+            }
+        );
+        assert_eq!(
+            plan(Some(3 * G), G),
+            Plan {
+                scan: true,
+                next: FAST
+            }
+        );
         assert!(plan(Some(u64::MAX), 1).scan);
     }
 
@@ -148,7 +184,9 @@ mod tests {
         let t = "MemTotal:        2048 kB\nMemFree:          512 kB\nMemAvailable:    1024 kB\n";
         assert_eq!(meminfo_used(t), Some(1536 * 1024));
         assert_eq!(meminfo_used("MemTotal: 1 kB\n"), None);
-        assert!(Meminfo::open().and_then(|mut m| m.used()).is_some_and(|u| u > 0));
+        assert!(Meminfo::open()
+            .and_then(|mut m| m.used())
+            .is_some_and(|u| u > 0));
     }
 
     #[test]

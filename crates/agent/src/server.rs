@@ -377,9 +377,7 @@ impl Agent {
         let mut next = crate::memory::FAST;
         loop {
             thread::sleep(next);
-            let limit = self
-                .memory_limit
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let limit = self.memory_limit.load(std::sync::atomic::Ordering::Relaxed);
             if limit == 0 {
                 next = crate::memory::OFF;
                 continue;
@@ -720,9 +718,10 @@ impl Agent {
                 }
             }
             // Served by `serve_conn`, which hands the connection over to the session.
-            Request::SessionOpen(_) | Request::SessionAttach { .. } => {
-                Reply::error("invalid", "sessions are attached on a connection of their own")
-            }
+            Request::SessionOpen(_) | Request::SessionAttach { .. } => Reply::error(
+                "invalid",
+                "sessions are attached on a connection of their own",
+            ),
             Request::Watch { .. } => {
                 Reply::error("invalid", "a watch is served on a connection of its own")
             }
@@ -1299,7 +1298,11 @@ mod tests {
     fn pipe_session_keeps_streams_apart_and_closes_stdin() {
         use crate::proto::frame;
         let spec = crate::proto::SessionSpec {
-            argv: Some(vec!["sh".into(), "-c".into(), "cat; echo err >&2; exit 5".into()]),
+            argv: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "cat; echo err >&2; exit 5".into(),
+            ]),
             kill_on_detach: true,
             ..Default::default()
         };

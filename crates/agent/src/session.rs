@@ -146,7 +146,10 @@ impl Session {
 
     pub fn resize(&self, cols: u16, rows: u16) -> Result<(), SessionError> {
         if cols == 0 || rows == 0 {
-            return Err(SessionError::new("invalid", "cols and rows must be at least 1"));
+            return Err(SessionError::new(
+                "invalid",
+                "cols and rows must be at least 1",
+            ));
         }
         let mut st = self.lock();
         st.cols = cols;
@@ -220,7 +223,9 @@ impl Session {
                 st.backlog_bytes += data.len();
                 st.backlog.push_back((kind, data.clone()));
                 while st.backlog_bytes > keep {
-                    let Some((_, old)) = st.backlog.pop_front() else { break };
+                    let Some((_, old)) = st.backlog.pop_front() else {
+                        break;
+                    };
                     st.backlog_bytes -= old.len();
                 }
             }
@@ -577,7 +582,12 @@ fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated path.
     let path = unsafe { CStr::from_ptr(name.as_ptr()) };
     // SAFETY: path is a valid C string; the flags are plain values.
-    let s = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    let s = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
     if s < 0 {
         return Err(std::io::Error::last_os_error());
     }

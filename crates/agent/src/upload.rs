@@ -71,7 +71,7 @@ pub fn place(size: u64, offset: u64, len: u64, total: u64) -> Result<u64, Upload
             message: format!("chunk at offset {offset}, but the upload has {size} bytes"),
         });
     }
-    let end = offset.checked_add(len).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(len);
     if end > total {
         return Err(UploadError {
             code: "invalid",
@@ -264,19 +264,38 @@ mod tests {
                 done: false
             }
         );
-        assert!(matches!(u.write(&temp, &target, 0, 6, b"abc"), Reply::UploadOffset { offset: 3, done: false }));
+        assert!(matches!(
+            u.write(&temp, &target, 0, 6, b"abc"),
+            Reply::UploadOffset {
+                offset: 3,
+                done: false
+            }
+        ));
         // The same chunk again, then a gap: refused without harm.
-        assert!(matches!(u.write(&temp, &target, 0, 6, b"abc"), Reply::UploadOffset { offset: 3, .. }));
-        assert!(matches!(u.write(&temp, &target, 4, 6, b"ef"), Reply::Error { ref code, .. } if code == "conflict"));
+        assert!(matches!(
+            u.write(&temp, &target, 0, 6, b"abc"),
+            Reply::UploadOffset { offset: 3, .. }
+        ));
+        assert!(
+            matches!(u.write(&temp, &target, 4, 6, b"ef"), Reply::Error { ref code, .. } if code == "conflict")
+        );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
         assert_eq!(std::fs::metadata(&temp).unwrap().len(), 3);
-        assert!(matches!(u.write(&temp, &target, 3, 6, b"def"), Reply::UploadOffset { offset: 6, done: true }));
+        assert!(matches!(
+            u.write(&temp, &target, 3, 6, b"def"),
+            Reply::UploadOffset {
+                offset: 6,
+                done: true
+            }
+        ));
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "abcdef");
         let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
         assert!(!Path::new(&temp).exists());
         // The upload is gone: a late resend is not found.
-        assert!(matches!(u.write(&temp, &target, 3, 6, b"def"), Reply::Error { ref code, .. } if code == "not_found"));
+        assert!(
+            matches!(u.write(&temp, &target, 3, 6, b"def"), Reply::Error { ref code, .. } if code == "not_found")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

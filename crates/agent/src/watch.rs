@@ -328,7 +328,14 @@ pub fn serve(path: &str, recursive: bool, timeout_ms: Option<u64>, sock: &TcpStr
             }
         })
     };
-    read_loop(&mut ino, &root, recursive, deadline, sock.as_raw_fd(), &queue);
+    read_loop(
+        &mut ino,
+        &root,
+        recursive,
+        deadline,
+        sock.as_raw_fd(),
+        &queue,
+    );
     queue.close();
     let _ = writer.join();
 }
@@ -397,7 +404,9 @@ fn read_loop(
                 None => dir.clone(),
             };
             // A subdirectory's own removal is reported by its parent.
-            if name.is_none() && path != root && mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0
+            if name.is_none()
+                && path != root
+                && mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0
             {
                 continue;
             }
@@ -405,8 +414,8 @@ fn read_loop(
             if !queue.push(event(kind, &path), QUEUE_MAX) {
                 return;
             }
-            let new_dir = mask & libc::IN_ISDIR != 0
-                && mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
+            let new_dir =
+                mask & libc::IN_ISDIR != 0 && mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
             if recursive && new_dir {
                 ino.add_tree(&path, Some(queue));
             }
@@ -440,7 +449,10 @@ mod tests {
         assert!(q.push(ev("/b"), 2));
         assert!(q.push(ev("/c"), 2)); // dropped
         let batch = q.take("/root");
-        let paths: Vec<_> = batch.iter().map(|e| (e.path.as_str(), e.overflow)).collect();
+        let paths: Vec<_> = batch
+            .iter()
+            .map(|e| (e.path.as_str(), e.overflow))
+            .collect();
         assert_eq!(paths, [("/a", false), ("/b", false), ("/root", true)]);
         q.close();
         assert!(q.take("/root").is_empty());

@@ -84,13 +84,22 @@ async fn pty_open(
 ) -> DpResult {
     let c = ctx(&st, &headers)?;
     let pairs = crate::query::pairs(q.as_deref());
-    let get = |k: &str| pairs.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
     let dim = |k: &str| -> Result<Option<u16>, ApiError> {
         match get(k).filter(|v| !v.is_empty()) {
             None => Ok(None),
             Some(v) => match v.parse::<u16>() {
                 Ok(n) if (1..=1000).contains(&n) => Ok(Some(n)),
-                _ => Err(ApiError::invalid(k, "must be an integer between 1 and 1000")),
+                _ => Err(ApiError::invalid(
+                    k,
+                    "must be an integer between 1 and 1000",
+                )),
             },
         }
     };
@@ -99,7 +108,12 @@ async fn pty_open(
         None => {
             let argv = get("program").filter(|p| !p.is_empty()).map(|p| {
                 let mut a = vec![p];
-                a.extend(pairs.iter().filter(|(k, _)| k == "arg").map(|(_, v)| v.clone()));
+                a.extend(
+                    pairs
+                        .iter()
+                        .filter(|(k, _)| k == "arg")
+                        .map(|(_, v)| v.clone()),
+                );
                 a
             });
             Request::SessionOpen(sandboxd_agent::proto::SessionSpec {
@@ -111,7 +125,10 @@ async fn pty_open(
             })
         }
     };
-    let (reply, stream) = c.st.engine.session_attach(&c.principal, c.id, "pty", req).await?;
+    let (reply, stream) =
+        c.st.engine
+            .session_attach(&c.principal, c.id, "pty", req)
+            .await?;
     let info = crate::terminal::expect_session(reply)?;
     let (reader, writer) = stream.ok_or_else(unexpected)?;
     Ok(ws
@@ -313,7 +330,9 @@ impl OutputTail {
             } else {
                 String::new()
             };
-            m.push_str(&format!("\n--- {name} before the deadline{cut} ---\n{text}"));
+            m.push_str(&format!(
+                "\n--- {name} before the deadline{cut} ---\n{text}"
+            ));
         }
         m
     }
@@ -1063,27 +1082,30 @@ async fn watch(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Re
                 stream,
                 last_sent: tokio::time::Instant::now(),
             };
-            Ok(ndjson(futures_util::stream::unfold(w, |mut w| async move {
-                loop {
-                    match tokio::time::timeout(LIVENESS, w.stream.next()).await {
-                        Err(_) => {
-                            if !w.ctx.st.engine.is_running(w.ctx.id) {
-                                return None;
+            Ok(ndjson(futures_util::stream::unfold(
+                w,
+                |mut w| async move {
+                    loop {
+                        match tokio::time::timeout(LIVENESS, w.stream.next()).await {
+                            Err(_) => {
+                                if !w.ctx.st.engine.is_running(w.ctx.id) {
+                                    return None;
+                                }
+                                if w.last_sent.elapsed() >= KEEPALIVE {
+                                    w.last_sent = tokio::time::Instant::now();
+                                    return Some((Ok(Bytes::from_static(b"\n")), w));
+                                }
                             }
-                            if w.last_sent.elapsed() >= KEEPALIVE {
+                            Ok(Some(Ok(Reply::WatchEvent(e)))) => {
                                 w.last_sent = tokio::time::Instant::now();
-                                return Some((Ok(Bytes::from_static(b"\n")), w));
+                                return Some((Ok(line(watch_frame(&e))), w));
                             }
+                            Ok(Some(Ok(Reply::End))) | Ok(None) | Ok(Some(Err(_))) => return None,
+                            Ok(Some(Ok(_))) => {}
                         }
-                        Ok(Some(Ok(Reply::WatchEvent(e)))) => {
-                            w.last_sent = tokio::time::Instant::now();
-                            return Some((Ok(line(watch_frame(&e))), w));
-                        }
-                        Ok(Some(Ok(Reply::End))) | Ok(None) | Ok(Some(Err(_))) => return None,
-                        Ok(Some(Ok(_))) => {}
                     }
-                }
-            })))
+                },
+            )))
         }
         .await,
     )
@@ -1114,7 +1136,9 @@ mod tests {
         );
         t.push("stderr", &B64.encode(vec![b'e'; TAIL_BYTES + 3]));
         let m = t.message(500);
-        assert!(m.contains(&format!("--- stderr before the deadline, last {TAIL_BYTES} bytes ---")));
+        assert!(m.contains(&format!(
+            "--- stderr before the deadline, last {TAIL_BYTES} bytes ---"
+        )));
     }
 
     #[test]

@@ -14,10 +14,10 @@ mod neev;
 mod observe;
 mod preview;
 mod query;
-mod uploads;
 pub mod sandbox_host;
 pub mod ssh;
 pub mod terminal;
+mod uploads;
 
 pub use observe::with_metrics;
 
@@ -78,7 +78,10 @@ async fn method_not_allowed() -> impl IntoResponse {
 /// An error answered to a request that carried a body may have been sent before the body was
 /// read (an unknown route, a bad key); the server then cannot reuse the connection. Saying
 /// `Connection: close` lets the client know, instead of its next pooled request failing.
-async fn close_after_early_error(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn close_after_early_error(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::http::header;
     let has_body = req
         .headers()

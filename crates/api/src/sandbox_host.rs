@@ -49,7 +49,7 @@ pub(crate) fn parse_host(host: &str, domain: &str) -> Option<Result<HostTarget, 
     }
     let (id, port) = match label.get(36..) {
         None | Some("") => (label, None),
-        Some(rest) => (&label[..36], Some(rest.strip_prefix('-').ok_or(())))
+        Some(rest) => (&label[..36], Some(rest.strip_prefix('-').ok_or(()))),
     };
     let Some(id) = SandboxId::parse(id) else {
         return Some(Err(()));
@@ -113,7 +113,11 @@ async fn serve(st: &AppState, t: HostTarget, mut req: Request) -> Result<Respons
                 return Err(ApiError::invalid("port", "this port is not published"));
             }
             let net = sb.net.ok_or_else(|| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "sandbox has no network")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "sandbox has no network",
+                )
             })?;
             let addr = std::net::SocketAddr::new(net.sandbox_ip().into(), port);
             // Our key is not the sandbox server's business.
@@ -248,7 +252,11 @@ struct Collected {
 
 /// A mime bundle as Leap0's output item.
 fn output_item(ev: &Value) -> Value {
-    let data = ev.get("data").and_then(Value::as_object).cloned().unwrap_or_default();
+    let data = ev
+        .get("data")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let mut item = Map::new();
     item.insert(
         "is_primary".into(),
@@ -294,7 +302,12 @@ fn traceback_text(ev: &Value) -> String {
 
 impl Collected {
     fn add(&mut self, ev: &Value) {
-        let text = || ev.get("text").and_then(Value::as_str).unwrap_or_default().to_string();
+        let text = || {
+            ev.get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         match ev.get("type").and_then(Value::as_str) {
             Some("stdout") => self.stdout.push(text()),
             Some("stderr") => self.stderr.push(text()),
@@ -312,7 +325,12 @@ impl Collected {
 }
 
 impl Interp<'_> {
-    async fn call(&self, tool: &str, target: Option<String>, req: AgentRequest) -> Result<Reply, ApiError> {
+    async fn call(
+        &self,
+        tool: &str,
+        target: Option<String>,
+        req: AgentRequest,
+    ) -> Result<Reply, ApiError> {
         let reply = self
             .st
             .engine
@@ -325,7 +343,10 @@ impl Interp<'_> {
     }
 
     async fn health(&self) -> Result<Response, ApiError> {
-        match self.call("interpreter.health", None, AgentRequest::Ping).await? {
+        match self
+            .call("interpreter.health", None, AgentRequest::Ping)
+            .await?
+        {
             Reply::Pong { .. } => Ok(Json(json!({"status": "ok"})).into_response()),
             _ => Err(unexpected()),
         }
@@ -352,7 +373,10 @@ impl Interp<'_> {
     }
 
     async fn list(&self) -> Result<Response, ApiError> {
-        match self.call("interpreter.list_contexts", None, AgentRequest::InterpList).await? {
+        match self
+            .call("interpreter.list_contexts", None, AgentRequest::InterpList)
+            .await?
+        {
             Reply::Contexts { items } => Ok(Json(json!({
                 "items": items.iter().map(context_view).collect::<Vec<_>>()
             }))
@@ -363,7 +387,10 @@ impl Interp<'_> {
 
     async fn get(&self, c: &str) -> Result<Response, ApiError> {
         let r = AgentRequest::InterpGet { id: c.to_string() };
-        match self.call("interpreter.get_context", Some(c.into()), r).await? {
+        match self
+            .call("interpreter.get_context", Some(c.into()), r)
+            .await?
+        {
             Reply::Context(c) => Ok(Json(context_view(&c)).into_response()),
             _ => Err(unexpected()),
         }
@@ -371,7 +398,8 @@ impl Interp<'_> {
 
     async fn delete(&self, c: &str) -> Result<Response, ApiError> {
         let r = AgentRequest::InterpDelete { id: c.to_string() };
-        self.call("interpreter.delete_context", Some(c.into()), r).await?;
+        self.call("interpreter.delete_context", Some(c.into()), r)
+            .await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
 
@@ -453,7 +481,10 @@ impl Interp<'_> {
                 Some(Ok(Reply::InterpEvent { event })) => (sse_event(&event), false),
                 Some(Ok(Reply::InterpDone { event })) => {
                     let ok = event.get("ok").and_then(Value::as_bool).unwrap_or(true);
-                    (json!({"type": "exit", "code": if ok { 0 } else { 1 }}), true)
+                    (
+                        json!({"type": "exit", "code": if ok { 0 } else { 1 }}),
+                        true,
+                    )
                 }
                 Some(Ok(Reply::Error { message, .. })) => {
                     (json!({"envelope": "error", "error": message}), true)
@@ -478,7 +509,10 @@ impl Interp<'_> {
 }
 
 fn sse_event(ev: &Value) -> Value {
-    let text = ev.get("text").cloned().unwrap_or(Value::String(String::new()));
+    let text = ev
+        .get("text")
+        .cloned()
+        .unwrap_or(Value::String(String::new()));
     match ev.get("type").and_then(Value::as_str) {
         Some("stdout") => json!({"type": "stdout", "data": text}),
         Some("stderr") => json!({"type": "stderr", "data": text}),
@@ -510,8 +544,14 @@ mod tests {
         );
         assert_eq!(parse_host("api.example.com", d), None);
         assert_eq!(parse_host("nope.sbx.localhost", d), Some(Err(())));
-        assert_eq!(parse_host(&format!("{id}-0.sbx.localhost"), d), Some(Err(())));
-        assert_eq!(parse_host(&format!("{id}-99999.sbx.localhost"), d), Some(Err(())));
+        assert_eq!(
+            parse_host(&format!("{id}-0.sbx.localhost"), d),
+            Some(Err(()))
+        );
+        assert_eq!(
+            parse_host(&format!("{id}-99999.sbx.localhost"), d),
+            Some(Err(()))
+        );
         assert_eq!(domain_host("Sbx.Localhost:8443/"), "sbx.localhost");
     }
 
@@ -528,6 +568,9 @@ mod tests {
                          "traceback": ["Traceback (most recent call last):", "ZeroDivisionError: division by zero"]});
         let mut c = Collected::default();
         c.add(&err);
-        assert!(c.error.unwrap()["traceback"].as_str().unwrap().ends_with("division by zero"));
+        assert!(c.error.unwrap()["traceback"]
+            .as_str()
+            .unwrap()
+            .ends_with("division by zero"));
     }
 }

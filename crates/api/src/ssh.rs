@@ -203,8 +203,9 @@ impl Backend for SshBackend {
             }
         };
         // Environment from the client: names only of the usual safe kind.
-        spec.env
-            .retain(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        spec.env.retain(|(k, _)| {
+            !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
         let (reply, stream) = self
             .engine
             .session_attach(&p, id, tool, Request::SessionOpen(spec))
@@ -271,7 +272,10 @@ pub fn routes() -> Router<AppState> {
     let s = "/v1/sandbox/{id}/ssh";
     Router::new()
         .route(&format!("{s}/access"), post(create_access))
-        .route(&format!("{s}/{{sid}}"), axum::routing::delete(delete_access))
+        .route(
+            &format!("{s}/{{sid}}"),
+            axum::routing::delete(delete_access),
+        )
         .route(&format!("{s}/{{sid}}/validate"), post(validate_access))
         .route(&format!("{s}/{{sid}}/regen"), post(regen_access))
 }
@@ -292,7 +296,10 @@ fn l0(e: impl Into<ApiError>) -> Response {
         .into_response()
 }
 
-fn issued_view(st: &AppState, i: &sandboxd_engine::ssh::IssuedSsh) -> Result<serde_json::Value, ApiError> {
+fn issued_view(
+    st: &AppState,
+    i: &sandboxd_engine::ssh::IssuedSsh,
+) -> Result<serde_json::Value, ApiError> {
     let a = &i.access;
     Ok(json!({
         "id": a.id,
@@ -305,11 +312,17 @@ fn issued_view(st: &AppState, i: &sandboxd_engine::ssh::IssuedSsh) -> Result<ser
     }))
 }
 
-async fn create_access(State(st): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn create_access(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let r = async {
         let (_, t) = crate::leap0::caller(&st, &headers)?;
         node(&st)?;
-        let issued = st.engine.create_ssh_access(&t, crate::leap0::sandbox_id(&id)?)?;
+        let issued = st
+            .engine
+            .create_ssh_access(&t, crate::leap0::sandbox_id(&id)?)?;
         Ok::<_, ApiError>((StatusCode::CREATED, Json(issued_view(&st, &issued)?)).into_response())
     }
     .await;
@@ -391,8 +404,7 @@ pub(crate) async fn tunnel(
         sandbox: id.to_string(),
         principal: encode_principal(&principal),
     };
-    st.engine
-        .audit_event(id, "ssh.tunnel", None, None, None, 0);
+    st.engine.audit_event(id, "ssh.tunnel", None, None, None, 0);
     Ok(ws.on_upgrade(move |socket| async move {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let (mut rd, mut wr) = tokio::io::split(theirs);
@@ -417,7 +429,11 @@ pub(crate) async fn tunnel(
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if tx.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        if tx
+                            .send(Message::Binary(buf[..n].to_vec().into()))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }

@@ -190,9 +190,7 @@ fn control(text: &str) -> Option<Control> {
             };
             Some(Control::Signal(s))
         }
-        "input" => Some(Control::Input(
-            v.get("data")?.as_str()?.as_bytes().to_vec(),
-        )),
+        "input" => Some(Control::Input(v.get("data")?.as_str()?.as_bytes().to_vec())),
         "eof" => Some(Control::Eof),
         _ => None,
     }

@@ -66,7 +66,12 @@ impl Upload {
             return Err(ApiError::not_found(format!("upload {token} not found")));
         }
         let pairs = crate::query::pairs(q);
-        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
         let target = get("path")
             .filter(|p| p.starts_with('/'))
             .ok_or_else(|| ApiError::invalid("path", "must be an absolute path"))?;
@@ -167,7 +172,11 @@ async fn create(State(st): State<AppState>, headers: HeaderMap) -> Response {
                 ));
             }
             let meta = metadata(header_str(&headers, "upload-metadata").unwrap_or(""))?;
-            let get = |k: &str| meta.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            let get = |k: &str| {
+                meta.iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            };
             let path = get("path")
                 .filter(|p| !p.is_empty())
                 .ok_or_else(|| ApiError::invalid("Upload-Metadata", "path is required"))?;

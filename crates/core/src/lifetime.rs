@@ -135,7 +135,10 @@ mod tests {
             max_lifetime_secs: Some(90),
             ..Default::default()
         };
-        assert_eq!(w.hard_expires_at(created), Some(created + Duration::seconds(90)));
+        assert_eq!(
+            w.hard_expires_at(created),
+            Some(created + Duration::seconds(90))
+        );
         assert_eq!(Windows::default().hard_expires_at(created), None);
         let off = Windows {
             max_lifetime_secs: Some(0),

@@ -596,7 +596,10 @@ fn idle_sandboxd(ctx: &mut Ctx, k: usize) -> anyhow::Result<Idle> {
         mem.push(u as f64 / MIB);
         rss.push(r as f64 / MIB);
     }
-    let cgs: Vec<String> = ids.iter().map(|id| format!("sandboxd/{}", short_of(id))).collect();
+    let cgs: Vec<String> = ids
+        .iter()
+        .map(|id| format!("sandboxd/{}", short_of(id)))
+        .collect();
     let cpu = idle_cpu(&cgs)?;
     for id in &ids {
         d.delete(id)?;

@@ -115,7 +115,11 @@ fn a_crashed_sandbox_comes_back_on_its_files_and_a_crash_loop_stops() {
     });
     assert_eq!(v["phase"], "Paused", "{v}");
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(get(&d, id)["phase"], "Paused", "no restart behind the user's back");
+    assert_eq!(
+        get(&d, id)["phase"],
+        "Paused",
+        "no restart behind the user's back"
+    );
     // The user can still bring it back; the files are there.
     let r = call(
         &d.key,

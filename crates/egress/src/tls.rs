@@ -97,9 +97,10 @@ impl Ca {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params = CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         let leaf = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(|e| e.to_string())?;

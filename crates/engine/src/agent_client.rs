@@ -195,7 +195,9 @@ impl SessionWriter {
 /// gets the same address has another id); an idle one is dropped after `POOL_IDLE`.
 #[derive(Default)]
 pub struct Pool {
-    idle: std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<(tokio::time::Instant, ReplyStream)>>>,
+    idle: std::sync::Mutex<
+        std::collections::HashMap<PoolKey, Vec<(tokio::time::Instant, ReplyStream)>>,
+    >,
 }
 
 /// A sandbox and the version of its record (`updated_at`), and where its agent listens.

@@ -15,8 +15,8 @@ mod observe;
 pub mod preview;
 mod sandboxes;
 pub mod schedule;
-pub mod ssh;
 mod snapshots;
+pub mod ssh;
 pub mod templates;
 pub mod update;
 

@@ -17,7 +17,11 @@ fn digest(password: &str) -> String {
 
 /// Compares in time independent of where the strings differ.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn new_password() -> String {
@@ -41,7 +45,12 @@ pub struct IssuedSsh {
 }
 
 impl Engine {
-    fn ssh_of(&self, tenant: &Tenant, sandbox: SandboxId, id: &str) -> Result<SshAccess, EngineError> {
+    fn ssh_of(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+        id: &str,
+    ) -> Result<SshAccess, EngineError> {
         self.get_sandbox(tenant, sandbox)?;
         match self.meta.get_ssh_access(id)? {
             Some(a) if a.sandbox_id == sandbox && &a.tenant == tenant => Ok(a),
@@ -49,7 +58,11 @@ impl Engine {
         }
     }
 
-    pub fn create_ssh_access(&self, tenant: &Tenant, sandbox: SandboxId) -> Result<IssuedSsh, EngineError> {
+    pub fn create_ssh_access(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+    ) -> Result<IssuedSsh, EngineError> {
         self.get_sandbox(tenant, sandbox)?;
         let now = Utc::now();
         let password = new_password();
@@ -63,12 +76,24 @@ impl Engine {
             updated_at: now,
         };
         self.meta.put_ssh_access(&access)?;
-        self.audit_event(sandbox, "ssh.create_access", None, Some(access.id.clone()), None, 0);
+        self.audit_event(
+            sandbox,
+            "ssh.create_access",
+            None,
+            Some(access.id.clone()),
+            None,
+            0,
+        );
         Ok(IssuedSsh { access, password })
     }
 
     /// A new password (and expiry) for a credential; the old password stops working at once.
-    pub fn regen_ssh_access(&self, tenant: &Tenant, sandbox: SandboxId, id: &str) -> Result<IssuedSsh, EngineError> {
+    pub fn regen_ssh_access(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+        id: &str,
+    ) -> Result<IssuedSsh, EngineError> {
         let mut access = self.ssh_of(tenant, sandbox, id)?;
         let now = Utc::now();
         let password = new_password();
@@ -76,14 +101,33 @@ impl Engine {
         access.expires_at = now + chrono::Duration::hours(ACCESS_TTL_HOURS);
         access.updated_at = now;
         self.meta.put_ssh_access(&access)?;
-        self.audit_event(sandbox, "ssh.regen_access", None, Some(id.to_string()), None, 0);
+        self.audit_event(
+            sandbox,
+            "ssh.regen_access",
+            None,
+            Some(id.to_string()),
+            None,
+            0,
+        );
         Ok(IssuedSsh { access, password })
     }
 
-    pub fn delete_ssh_access(&self, tenant: &Tenant, sandbox: SandboxId, id: &str) -> Result<(), EngineError> {
+    pub fn delete_ssh_access(
+        &self,
+        tenant: &Tenant,
+        sandbox: SandboxId,
+        id: &str,
+    ) -> Result<(), EngineError> {
         self.ssh_of(tenant, sandbox, id)?;
         self.meta.delete_ssh_access(id)?;
-        self.audit_event(sandbox, "ssh.delete_access", None, Some(id.to_string()), None, 0);
+        self.audit_event(
+            sandbox,
+            "ssh.delete_access",
+            None,
+            Some(id.to_string()),
+            None,
+            0,
+        );
         Ok(())
     }
 

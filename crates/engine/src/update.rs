@@ -118,15 +118,25 @@ impl Engine {
 /// Applies `egress_remove` then `egress_add` to a NeevCloud egress record (`{mode,
 /// allow_internet, allow: [{host, ports?, protocol?}]}`): removal by host, an added host
 /// replaces a rule for the same host. A `deny_all` policy cannot be edited.
-pub fn edit_allow_list(current: Option<&Value>, add: &[Value], remove: &[Value]) -> Result<Value, CoreError> {
-    let cur = current.cloned().unwrap_or_else(|| json!({"mode": "deny_all", "allow": []}));
+pub fn edit_allow_list(
+    current: Option<&Value>,
+    add: &[Value],
+    remove: &[Value],
+) -> Result<Value, CoreError> {
+    let cur = current
+        .cloned()
+        .unwrap_or_else(|| json!({"mode": "deny_all", "allow": []}));
     if cur.get("mode").and_then(Value::as_str) != Some("allow_list") {
         return Err(CoreError::invalid(
             "egress_add",
             "the sandbox's egress mode is deny_all: switch it with `egress` (mode allow_list) first",
         ));
     }
-    let host = |r: &Value| r.get("host").and_then(Value::as_str).map(str::to_ascii_lowercase);
+    let host = |r: &Value| {
+        r.get("host")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+    };
     let mut allow: Vec<Value> = cur
         .get("allow")
         .and_then(Value::as_array)
@@ -142,7 +152,10 @@ pub fn edit_allow_list(current: Option<&Value>, add: &[Value], remove: &[Value])
         allow.push(r.clone());
     }
     if allow.len() > 100 {
-        return Err(CoreError::invalid("egress_add", "the allow-list would have more than 100 rules"));
+        return Err(CoreError::invalid(
+            "egress_add",
+            "the allow-list would have more than 100 rules",
+        ));
     }
     let mut out = cur;
     out["allow"] = Value::Array(allow);
@@ -159,7 +172,10 @@ mod tests {
                          "allow": [{"host": "1.2.3.4"}, {"host": "example.com", "ports": [80]}]});
         let out = edit_allow_list(
             Some(&cur),
-            &[json!({"host": "EXAMPLE.com", "ports": [443]}), json!({"host": "5.6.7.8"})],
+            &[
+                json!({"host": "EXAMPLE.com", "ports": [443]}),
+                json!({"host": "5.6.7.8"}),
+            ],
             &[json!({"host": "1.2.3.4"})],
         )
         .unwrap();

@@ -542,8 +542,12 @@ impl SqliteStore {
 
     fn ssh_access_get(&self, id: &str) -> Result<Option<sandboxd_core::SshAccess>, MetaError> {
         let record: Option<String> = self.with(|c| {
-            Ok(c.query_row("SELECT record FROM ssh_access WHERE id = ?1", [id], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT record FROM ssh_access WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
         })?;
         record
             .map(|r| serde_json::from_str(&r).map_err(MetaError::Corrupt))

@@ -533,8 +533,12 @@ impl Runtime for Gvisor {
 
     fn resize(&self, id: &str, r: &sandboxd_core::Resources) -> Result<(), RuntimeError> {
         let cg = oci::cgroup_path(&short_of(id));
-        cgroup::set_limits(&cg, r.cpu_millis, oci::cgroup_memory_limit(r.memory_bytes()))
-            .map_err(RuntimeError::io(format!("resize cgroup {cg}")))
+        cgroup::set_limits(
+            &cg,
+            r.cpu_millis,
+            oci::cgroup_memory_limit(r.memory_bytes()),
+        )
+        .map_err(RuntimeError::io(format!("resize cgroup {cg}")))
     }
 
     fn egress_denied(&self, id: &str) -> u64 {

@@ -23,9 +23,9 @@ use sandboxd_engine::CreateSandbox;
 use serde_json::{json, Value};
 
 use crate::body::{int_field, read_json};
-pub(crate) use dto::ts;
 use crate::error::{ApiError, Dialect};
 use crate::AppState;
+pub(crate) use dto::ts;
 
 pub fn routes() -> Router<AppState> {
     let sb = "/v1/sandbox/{id}";

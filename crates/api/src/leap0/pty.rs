@@ -52,7 +52,11 @@ fn dim(v: Option<i64>, field: &str) -> Result<Option<u16>, ApiError> {
 }
 
 pub(crate) fn view(i: &SessionInfo) -> Value {
-    let envs: BTreeMap<&str, &str> = i.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let envs: BTreeMap<&str, &str> = i
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     json!({
         "id": i.id,
         "cwd": i.cwd,
@@ -69,12 +73,16 @@ pub(crate) fn view(i: &SessionInfo) -> Value {
     })
 }
 
-async fn session_call(t: &Target, tool: &str, session: &str, req: Request) -> Result<Reply, ApiError> {
-    let reply = t
-        .st
-        .engine
-        .agent_call(&t.p, t.id, tool, Some(session.to_string()), req)
-        .await?;
+async fn session_call(
+    t: &Target,
+    tool: &str,
+    session: &str,
+    req: Request,
+) -> Result<Reply, ApiError> {
+    let reply =
+        t.st.engine
+            .agent_call(&t.p, t.id, tool, Some(session.to_string()), req)
+            .await?;
     match reply {
         Reply::Error { code, message } => Err(terminal::session_error(&code, message)),
         r => Ok(r),
@@ -84,7 +92,12 @@ async fn session_call(t: &Target, tool: &str, session: &str, req: Request) -> Re
 fn one(reply: Reply) -> L0Result {
     match reply {
         Reply::Session(i) => Ok(Json(view(&i)).into_response()),
-        _ => Err(ApiError::new(StatusCode::BAD_GATEWAY, "internal", "unexpected reply from the sandbox agent").into()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "internal",
+            "unexpected reply from the sandbox agent",
+        )
+        .into()),
     }
 }
 
@@ -142,7 +155,15 @@ async fn get_one(
     headers: HeaderMap,
 ) -> L0Result {
     let t = Target::new(&st, &headers, &id).await?;
-    one(session_call(&t, "pty.get", &session, Request::SessionGet { id: session.clone() }).await?)
+    one(session_call(
+        &t,
+        "pty.get",
+        &session,
+        Request::SessionGet {
+            id: session.clone(),
+        },
+    )
+    .await?)
 }
 
 async fn delete(
@@ -194,10 +215,16 @@ async fn connect(
     let t = Target::new(&st, &headers, &id).await?;
     let (reply, stream) = st
         .engine
-        .session_attach(&t.p, t.id, "pty.connect", Request::SessionAttach { id: session })
+        .session_attach(
+            &t.p,
+            t.id,
+            "pty.connect",
+            Request::SessionAttach { id: session },
+        )
         .await?;
     let info = terminal::expect_session(reply)?;
-    let (reader, writer) = stream.ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "internal", "no session stream"))?;
+    let (reader, writer) = stream
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "internal", "no session stream"))?;
     Ok(ws
         .on_upgrade(move |socket| terminal::bridge(socket, info, reader, writer, Framing::Leap0))
         .into_response())

@@ -404,7 +404,10 @@ struct UpdateReq {
 /// Validated rules of an `egress_add` / `egress_remove`, in their stored form.
 fn rules(field: &str, r: RulesIn) -> Result<Vec<Value>, ApiError> {
     if r.allow.is_empty() {
-        return Err(ApiError::invalid(format!("{field}.allow"), "must have at least one rule"));
+        return Err(ApiError::invalid(
+            format!("{field}.allow"),
+            "must have at least one rule",
+        ));
     }
     let e = dto::EgressIn {
         mode: Some(dto::EgressMode::AllowList),
@@ -412,13 +415,16 @@ fn rules(field: &str, r: RulesIn) -> Result<Vec<Value>, ApiError> {
         allow: Some(r.allow),
     };
     let v = dto::egress(Some(&e)).map_err(|mut err| {
-        err.message = err.message.replace("egress.allow", &format!("{field}.allow"));
+        err.message = err
+            .message
+            .replace("egress.allow", &format!("{field}.allow"));
         err.field = err
             .field
             .map(|f| f.replace("egress.allow", &format!("{field}.allow")));
         err
     })?;
-    Ok(v.and_then(|v| v["allow"].as_array().cloned()).unwrap_or_default())
+    Ok(v.and_then(|v| v["allow"].as_array().cloned())
+        .unwrap_or_default())
 }
 
 /// `PATCH .../sandboxes/{id}`: resizes cpu/memory in place and/or replaces or edits the
@@ -476,8 +482,13 @@ async fn update(
     let edits = match (req.egress_add, req.egress_remove) {
         (None, None) => None,
         (add, remove) => Some((
-            add.map(|r| rules("egress_add", r)).transpose()?.unwrap_or_default(),
-            remove.map(|r| rules("egress_remove", r)).transpose()?.unwrap_or_default(),
+            add.map(|r| rules("egress_add", r))
+                .transpose()?
+                .unwrap_or_default(),
+            remove
+                .map(|r| rules("egress_remove", r))
+                .transpose()?
+                .unwrap_or_default(),
         )),
     };
     let edited = match &edits {
@@ -494,7 +505,11 @@ async fn update(
     if let Some(policy) = egress.or(edited) {
         sb = st
             .engine
-            .update_egress(&s.tenant, sb.id, sandboxd_engine::EgressUpdate::Neev(policy))
+            .update_egress(
+                &s.tenant,
+                sb.id,
+                sandboxd_engine::EgressUpdate::Neev(policy),
+            )
             .await?;
     }
     Ok(Json(sandbox_view(&sb, &st.public_url)))
