@@ -12,6 +12,7 @@ the daemon's log or data.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import socket
@@ -471,7 +472,7 @@ def git_host():
         host.close()
 
 
-def test_http_clone_push_pull_with_a_password_leaves_no_trace(fresh, git_host, sandboxd):
+def test_http_clone_push_pull_with_a_password_leaves_no_trace(fresh, git_host, sandboxd, leap0_client):
     user, pw = git_host.user, git_host.password
     bare, host_sha = git_host.bare_repo_with_a_commit("secret.git")
     sb = fresh(template_name=DEBIAN)
@@ -532,6 +533,21 @@ def test_http_clone_push_pull_with_a_password_leaves_no_trace(fresh, git_host, s
     assert not leaks, leaks
     b64 = base64.b64encode(f"{user}:{pw}".encode()).decode()
     assert b64 not in sandboxd.log_path.read_text(errors="replace")
+    # Nor in a snapshot of the sandbox (files and memory), wherever the daemon keeps it: the
+    # layer, the checkpoint image, the content-addressed store.
+    snap = sb.create_snapshot(name=f"after-git-{uuid.uuid4().hex[:6]}")
+    time.sleep(3)  # the archiver moves the memory image into the store after 1 s of quiet
+    held = []
+    for root, _, files in os.walk(data):
+        for name in files:
+            f = Path(root) / name
+            try:
+                if f.is_file() and not f.is_symlink() and pw.encode() in f.read_bytes():
+                    held.append(str(f))
+            except OSError:
+                pass
+    assert not held, held
+    leap0_client.snapshots.delete(snap.id)
     # The audit trail names the operation and the repository, nothing else.
     trail = httpx.get(
         f"{sandboxd.base_url}/api/v1beta1/orgs/default/projects/default/sandboxes/{sb.id}/audit",

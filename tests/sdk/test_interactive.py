@@ -252,7 +252,7 @@ def test_invoke_url_and_websocket_url_reach_a_sandbox_port(make_sandbox, leap0_c
 
 
 def _ssh_tools():
-    missing = [t for t in ("ssh", "scp", "sftp", "sshpass") if shutil.which(t) is None]
+    missing = [t for t in ("ssh", "scp", "sftp", "sshpass", "rsync") if shutil.which(t) is None]
     if missing:
         pytest.fail(f"missing on this host: {missing} (scripts/setup-system installs them)")
 
@@ -305,6 +305,16 @@ def test_leap0_ssh_access_ssh_scp_sftp_shell_and_revocation(make_sandbox, leap0_
                  acc.password)
         assert r.returncode == 0, r.stderr
         assert (Path(d) / "sftp-back.bin").read_bytes() == local.read_bytes()
+
+        # rsync over the gateway (exec channel, rsync on both ends).
+        rsh = " ".join(["ssh", *SSH_OPTS, "-p", port])
+        r = _run(["rsync", "-e", rsh, str(local), f"{acc.id}@127.0.0.1:/tmp/rsynced.bin"],
+                 acc.password)
+        assert r.returncode == 0, r.stderr
+        r = _run([*ssh, "sha256sum /tmp/rsynced.bin"], acc.password)
+        import hashlib
+
+        assert hashlib.sha256(local.read_bytes()).hexdigest().encode() in r.stdout
 
     # An interactive shell on a terminal.
     r = _run([*ssh, "-tt"], acc.password, input=b"echo shell-$((20+22)); tty; exit\n")
