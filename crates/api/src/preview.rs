@@ -165,6 +165,26 @@ pub(crate) async fn proxy(
     if let Some(prefix) = prefix.and_then(|p| HeaderValue::from_str(&p).ok()) {
         parts.headers.insert("x-forwarded-prefix", prefix);
     }
+    // The sandbox's server never sees the caller's credentials: no API key, and not the
+    // dashboard's session cookie (a host-wide `__Host-` cookie the browser sends here too).
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
+    let cookies: Vec<String> = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with(DASHBOARD_COOKIE_PREFIX))
+        .map(str::to_string)
+        .collect();
+    parts.headers.remove(header::COOKIE);
+    if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+        if !cookies.is_empty() {
+            parts.headers.insert(header::COOKIE, v);
+        }
+    }
     if !upgrading {
         // One request per connection to the sandbox; the client side keeps its own.
         parts.headers.remove(header::CONNECTION);
@@ -206,6 +226,9 @@ pub(crate) async fn proxy(
     resp.map(Body::new)
 }
 
+/// The dashboard's session cookie (`sandboxd_dashboard::session::COOKIE`) and any later one.
+const DASHBOARD_COOKIE_PREFIX: &str = "__Host-sandboxd";
+
 fn bad_gateway(e: hyper::Error) -> Response {
     debug!(error = %e, "preview request");
     ApiError::new(
@@ -219,6 +242,49 @@ fn bad_gateway(e: hyper::Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proxy forwards neither `Authorization` nor the dashboard's cookie; other cookies
+    /// (the sandbox app's own) pass.
+    #[tokio::test]
+    async fn credentials_never_reach_the_sandbox() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&buf).to_lowercase()
+        });
+        let req = Request::builder()
+            .uri("/p/tok/page")
+            .header(header::AUTHORIZATION, "Bearer sbx_key_secret")
+            .header(
+                header::COOKIE,
+                "app=1; __Host-sandboxd-session=0123abcd; theme=dark",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let resp = proxy(addr, "page", Some("/p/tok".into()), req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let head = seen.await.unwrap();
+        assert!(head.starts_with("get /page http/1.1"), "{head}");
+        assert!(!head.contains("authorization"), "{head}");
+        assert!(!head.contains("sbx_key_secret"), "{head}");
+        assert!(!head.contains("sandboxd-session"), "{head}");
+        assert!(!head.contains("0123abcd"), "{head}");
+        assert!(head.contains("cookie: app=1; theme=dark"), "{head}");
+    }
 
     #[test]
     fn urls_take_the_path_or_the_host_form() {

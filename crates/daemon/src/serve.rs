@@ -139,6 +139,11 @@ pub struct ServeArgs {
     /// Allow --prometheus-listen on a non-loopback address (the endpoint has no auth).
     #[arg(long)]
     pub prometheus_public: bool,
+    /// Serve the web dashboard at `http://ADDR/ui/` (off by default). It gets a listener of
+    /// its own, so that path-form preview URLs (`/p/<token>/`, sandbox-controlled pages)
+    /// never share its origin.
+    #[arg(long, env = "SANDBOXD_DASHBOARD_LISTEN")]
+    pub dashboard_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -421,8 +426,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let ssh = match a.ssh_listen {
         None => None,
         Some(addr) => {
-            let key = sandboxd_sshgw::load_or_create_host_key(&data_dir.join("ssh_host_ed25519_key"))
-                .context("SSH host key")?;
+            let key =
+                sandboxd_sshgw::load_or_create_host_key(&data_dir.join("ssh_host_ed25519_key"))
+                    .context("SSH host key")?;
             let secret = load_or_create_secret(&data_dir.join("ssh-host-secret"))?;
             let backend = Arc::new(sandboxd_api::ssh::SshBackend::new(engine.clone()));
             let gateway = Arc::new(sandboxd_sshgw::Gateway::new(backend, key));
@@ -441,6 +447,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             }))
         }
     };
+    let dashboard_preview_domain = a.preview_domain.clone();
     let app = sandboxd_api::router(AppState {
         ssh,
         engine: engine.clone(),
@@ -450,6 +457,19 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .map(|d| d.trim_matches('.').to_ascii_lowercase()),
         sandbox_domain: sandbox_domain.clone(),
     });
+    if let Some(addr) = a.dashboard_listen {
+        let local = serve_dashboard(
+            addr,
+            engine.clone(),
+            hub.clone(),
+            &public_url,
+            dashboard_preview_domain.as_deref(),
+        )
+        .await
+        .with_context(|| format!("listen on {addr} (--dashboard-listen)"))?;
+        info!(%local, "dashboard at /ui/");
+        println!("dashboard on http://{local}/ui/");
+    }
     let app = sandboxd_api::with_metrics(app, hub);
     if let Some(addr) = a.sandbox_listen {
         let domain = sandbox_domain
@@ -488,6 +508,32 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await?;
     engine.close();
     Ok(())
+}
+
+/// Starts the dashboard on a listener of its own; returns the address it got.
+async fn serve_dashboard(
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    hub: Arc<Hub>,
+    public_url: &str,
+    preview_domain: Option<&str>,
+) -> anyhow::Result<SocketAddr> {
+    let cfg = sandboxd_dashboard::Config {
+        api_url: public_url.to_string(),
+        preview_domain: preview_domain.map(|d| d.trim_matches('.').to_ascii_lowercase()),
+        ..Default::default()
+    };
+    let app =
+        sandboxd_dashboard::standalone(sandboxd_dashboard::Dashboard::new(engine, Some(hub), cfg));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, svc).await {
+            warn!(error = %e, "dashboard listener ended");
+        }
+    });
+    Ok(local)
 }
 
 /// 32 random bytes kept in `path` (0600), created on first use: the seed of per-sandbox SSH
