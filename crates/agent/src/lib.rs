@@ -13,3 +13,4 @@ pub mod session;
 mod spawn;
 pub mod upload;
 pub mod watch;
+pub mod zeroing;

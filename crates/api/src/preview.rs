@@ -37,20 +37,7 @@ pub(crate) fn url_of(st: &AppState, token: &str) -> String {
 }
 
 fn url_for(public_url: &str, preview_domain: Option<&str>, token: &str) -> String {
-    let base = public_url.trim_end_matches('/');
-    match preview_domain {
-        Some(domain) => {
-            let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
-            let authority = rest.split('/').next().unwrap_or(rest);
-            let port = authority
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map(|(_, p)| format!(":{p}"))
-                .unwrap_or_default();
-            format!("{scheme}://{token}.{domain}{port}/")
-        }
-        None => format!("{base}/p/{token}/"),
-    }
+    sandboxd_engine::preview::url_for(public_url, preview_domain, token)
 }
 
 /// With a preview domain: a request whose `Host` is `<token>.<domain>` (any port) goes to the

@@ -193,20 +193,7 @@ struct TabQuery {
 }
 
 fn preview_url(d: &Dashboard, token: &str) -> String {
-    let base = d.cfg.api_url.trim_end_matches('/');
-    match &d.cfg.preview_domain {
-        Some(domain) => {
-            let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
-            let authority = rest.split('/').next().unwrap_or(rest);
-            let port = authority
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map(|(_, p)| format!(":{p}"))
-                .unwrap_or_default();
-            format!("{scheme}://{token}.{domain}{port}/")
-        }
-        None => format!("{base}/p/{token}/"),
-    }
+    sandboxd_engine::preview::url_for(&d.cfg.api_url, d.cfg.preview_domain.as_deref(), token)
 }
 
 /// The names of the tenant's sandboxes by id (snapshot tables link their source).

@@ -4,25 +4,12 @@
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sandboxd_core::{CoreError, SandboxId, SshAccess, Tenant};
-use sha2::{Digest, Sha256};
 
+use crate::keys::{digest, same};
 use crate::{Engine, EngineError};
 
 /// How long a credential is valid.
 pub const ACCESS_TTL_HOURS: i64 = 24;
-
-fn digest(password: &str) -> String {
-    hex::encode(Sha256::digest(password.as_bytes()))
-}
-
-/// Compares in time independent of where the strings differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
 
 fn new_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";

@@ -6,6 +6,10 @@ use std::thread;
 use sandboxd_agent::proto::AGENT_PORT;
 use sandboxd_agent::server::{serve, Agent};
 
+/// Freed memory is wiped: the agent's memory is in every memory snapshot.
+#[global_allocator]
+static ALLOC: sandboxd_agent::zeroing::Zeroing = sandboxd_agent::zeroing::Zeroing;
+
 fn main() {
     let mut listen = format!("0.0.0.0:{AGENT_PORT}");
     let mut memory_limit: Option<u64> = None;
