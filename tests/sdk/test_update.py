@@ -42,8 +42,11 @@ def test_update_doubles_memory_of_a_running_sandbox(make_sandbox):
     got = neevai.NeevAI(max_retries=0).sandboxes.get(sb.id)
     assert got.data["resources"]["memory_gb"] == 2
 
-    # Shrinking works while usage allows it; disk cannot change in place.
-    sb.update({"resources": {"memory_gb": 1}})
+    # Shrinking works while usage allows it (through the client's resource API this time);
+    # disk cannot change in place.
+    shrunk = neevai.NeevAI(max_retries=0).sandboxes.update(sb.id, {"resources": {"memory_gb": 1}})
+    assert shrunk.data["resources"]["memory_gb"] == 1
+    sb.refresh()
     assert sb.data["resources"]["memory_gb"] == 1
     with pytest.raises(neevai.NeevAIError):
         sb.update({"resources": {"disk_gb": 20}})
