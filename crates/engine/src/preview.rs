@@ -268,6 +268,25 @@ impl Engine {
     }
 }
 
+/// The public URL of a preview token: `<public_url>/p/<token>/`, or with a preview domain
+/// `<scheme>://<token>.<domain>[:<public_url's port>]/`.
+pub fn url_for(public_url: &str, preview_domain: Option<&str>, token: &str) -> String {
+    let base = public_url.trim_end_matches('/');
+    match preview_domain {
+        Some(domain) => {
+            let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+            let authority = rest.split('/').next().unwrap_or(rest);
+            let port = authority
+                .rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map(|(_, p)| format!(":{p}"))
+                .unwrap_or_default();
+            format!("{scheme}://{token}.{domain}{port}/")
+        }
+        None => format!("{base}/p/{token}/"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,24 +315,5 @@ mod tests {
         assert_eq!(public_port(8080).unwrap(), 8080);
         assert_ne!(digest("a"), digest("b"));
         assert_eq!(digest("a").len(), 64);
-    }
-}
-
-/// The public URL of a preview token: `<public_url>/p/<token>/`, or with a preview domain
-/// `<scheme>://<token>.<domain>[:<public_url's port>]/`.
-pub fn url_for(public_url: &str, preview_domain: Option<&str>, token: &str) -> String {
-    let base = public_url.trim_end_matches('/');
-    match preview_domain {
-        Some(domain) => {
-            let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
-            let authority = rest.split('/').next().unwrap_or(rest);
-            let port = authority
-                .rsplit_once(':')
-                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                .map(|(_, p)| format!(":{p}"))
-                .unwrap_or_default();
-            format!("{scheme}://{token}.{domain}{port}/")
-        }
-        None => format!("{base}/p/{token}/"),
     }
 }
