@@ -599,7 +599,9 @@ fn pause_with_memory_resumes_processes_and_without_keeps_only_files() {
     );
     let again = call(&d.key, "POST", &format!("{base}/pause"), None);
     assert_eq!(again.status, 409);
-    let paused_at = read_file_on_host(&d, id);
+    // The counter rewrites its file (truncate, then write): a pause can catch it in between,
+    // and then the file stays empty until the resume. The value read before is a lower bound.
+    let paused_at = try_read_file_on_host(&d, id).unwrap_or(before);
 
     let r = call(&d.key, "POST", &format!("{base}/resume"), None);
     assert_eq!(
@@ -646,6 +648,17 @@ fn pause_with_memory_resumes_processes_and_without_keeps_only_files() {
         "{}",
         list.raw
     );
+}
+
+fn try_read_file_on_host(d: &Daemon, id: &str) -> Option<u64> {
+    let p = d.data_dir.join("vol").join(id).join("upper/workspace/n");
+    (0..50).find_map(|_| {
+        let n = std::fs::read_to_string(&p).ok()?.trim().parse().ok();
+        if n.is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n
+    })
 }
 
 fn read_file_on_host(d: &Daemon, id: &str) -> u64 {
