@@ -907,6 +907,14 @@ impl Engine {
         if !removed.is_empty() {
             info!(?removed, "removed orphaned host objects");
         }
+        // Objects of other data dirs that are gone (their daemon died and the dir was deleted).
+        let foreign = self.blocking(|rt| Ok(rt.sweep_orphans())).await?;
+        if !foreign.is_empty() {
+            info!(
+                ?foreign,
+                "removed the host objects of sandboxes whose data dir is gone"
+            );
+        }
         Ok(())
     }
 }

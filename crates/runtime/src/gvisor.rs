@@ -297,6 +297,7 @@ impl Runtime for Gvisor {
             .and_then(|_| overlay::mount_rootfs(&layout, &spec.template_rootfs))
             .and_then(|()| {
                 debug!(sandbox_id = %spec.id, us = t0.elapsed().as_micros() as u64, "rootfs mounted");
+                crate::owners::record(&short, &self.cfg.data_dir);
                 netns::create(&short, spec.net)
             })
             .and_then(|()| self.apply_egress(&short, spec.net, &spec.egress))
@@ -339,6 +340,7 @@ impl Runtime for Gvisor {
         }
         netns::destroy(&short)?;
         cgroup::remove(&oci::cgroup_path(&short));
+        crate::owners::forget(&short);
         self.volume.delete(id)?;
         if layout.dir.exists() {
             std::fs::remove_dir_all(&layout.dir).map_err(RuntimeError::io("remove sandbox dir"))?;
@@ -441,6 +443,7 @@ impl Runtime for Gvisor {
         let layout = self.layout(&spec.id);
         overlay::mount_rootfs(&layout, &spec.template_rootfs)?;
         if !netns::exists(&short) {
+            crate::owners::record(&short, &self.cfg.data_dir);
             netns::create(&short, spec.net)?;
         } else {
             // A container left from a failed attempt would block the id.
@@ -464,7 +467,10 @@ impl Runtime for Gvisor {
             .volume
             .clone_layer(layer_src, &spec.id, spec.resources.disk_bytes())
             .and_then(|()| overlay::mount_rootfs(&layout, &spec.template_rootfs))
-            .and_then(|()| netns::create(&short, spec.net))
+            .and_then(|()| {
+                crate::owners::record(&short, &self.cfg.data_dir);
+                netns::create(&short, spec.net)
+            })
             .and_then(|()| self.apply_egress(&short, spec.net, &spec.egress))
             .and_then(|()| self.write_bundle(spec, &short, &layout))
             .and_then(|()| image.map(|wait| wait()).transpose())
@@ -520,6 +526,37 @@ impl Runtime for Gvisor {
         policy: &sandboxd_egress::Policy,
     ) -> Result<(), RuntimeError> {
         self.apply_egress(&short_of(id), net, policy)
+    }
+
+    fn sweep_orphans(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        for short in crate::owners::orphans() {
+            tracing::warn!(%short, "removing the host objects of a sandbox whose data dir is gone");
+            let cg = oci::cgroup_path(&short);
+            // Its gVisor processes first, so nothing holds the netns or the cgroup.
+            for _ in 0..3 {
+                let procs =
+                    std::fs::read_to_string(format!("/sys/fs/cgroup/pids{cg}/cgroup.procs"))
+                        .unwrap_or_default();
+                if procs.trim().is_empty() {
+                    break;
+                }
+                for pid in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            sandboxd_egress::nft::remove(&short, None);
+            let _ = netns::destroy(&short);
+            cgroup::remove(&cg);
+            crate::owners::forget(&short);
+            removed.push(short);
+        }
+        removed
     }
 
     fn discard_dead(&self, id: &str) -> Result<(), RuntimeError> {

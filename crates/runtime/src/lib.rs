@@ -10,6 +10,7 @@ pub mod gvisor;
 pub mod netns;
 mod oci;
 mod overlay;
+mod owners;
 pub mod qgroup;
 pub mod reaper;
 mod sys;
@@ -184,6 +185,11 @@ pub trait Runtime: Send + Sync {
     ) -> Result<(), RuntimeError>;
     /// Packets the sandbox sent that its egress policy dropped.
     fn egress_denied(&self, id: &str) -> u64;
+    /// Removes the host-wide objects (processes, nft objects, netns, veth, cgroups) of
+    /// sandboxes whose owning data dir no longer exists; returns their short ids.
+    fn sweep_orphans(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Removes the remains of a container that died on its own (`runsc delete --force`),
     /// keeping its writable layer and network, so that `resume` can boot it again on its files.
     fn discard_dead(&self, id: &str) -> Result<(), RuntimeError>;
