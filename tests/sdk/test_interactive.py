@@ -354,3 +354,33 @@ def test_neevai_ssh_tunnel_runs_commands_and_copies_files(make_sandbox):
     # Closed: nothing listens any more.
     r = _run(["ssh", *SSH_OPTS, "-p", str(tunnel.port), "root@127.0.0.1", "true"], timeout=20)
     assert r.returncode == 255
+
+
+def test_pty_session_survives_fork_and_pause(make_sandbox, sandbox_factory, leap0_client):
+    """A terminal and its scrollback are restored with the sandbox's memory: after a fork the
+    copy has the session (reattach by id sees the earlier screen); after pause/resume the
+    shell is still there."""
+    nsb = make_sandbox(DEBIAN)
+    sb = l0(leap0_client, nsb)
+    s = sb.pty.create(session_id="keep-me")
+    conn = sb.pty.connect(s.id)
+    conn.send("echo before-$((40+2))\n")
+    recv_until(conn, b"before-42")
+    conn.close()
+
+    fork = sandbox_factory.track(nsb.fork(unique_name("ptyfork")))
+    fork.wait_until_ready(timeout_ms=60_000, poll_interval_ms=100)
+    fsb = leap0_client.sandboxes.get(fork.id)
+    assert any(p.id == "keep-me" for p in fsb.pty.list())
+    c2 = fsb.pty.connect("keep-me")
+    recv_until(c2, b"before-42")  # the scrollback came along
+    c2.send("echo in-fork-$((1+1))\n")
+    recv_until(c2, b"in-fork-2")
+    c2.close()
+
+    nsb.pause()
+    nsb.resume()
+    c3 = sb.pty.connect("keep-me")
+    c3.send("echo after-resume-$((3+3))\n")
+    recv_until(c3, b"after-resume-6")
+    c3.close()
