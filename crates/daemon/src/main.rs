@@ -1,6 +1,7 @@
 //! `sandboxd`: the daemon (`serve`), key management (`keys create`) and the benchmark (`bench`).
 
 mod bench;
+mod http_serve;
 mod prometheus;
 mod sampler;
 mod serve;

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// Host name put in `ssh_command` (default: the --ssh-listen address).
     #[arg(long, env = "SANDBOXD_SSH_HOST")]
     pub ssh_host: Option<String>,
+    /// Connections the API listener serves at once (more wait in the backlog).
+    #[arg(long, env = "SANDBOXD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head before its connection is closed.
+    #[arg(long, env = "SANDBOXD_HEADER_READ_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
     /// The region this node serves.
     #[arg(long, env = "SANDBOXD_REGION", default_value = "local")]
     pub region: String,
@@ -490,12 +497,17 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     info!(%local, %public_url, "sandboxd listening");
     // Machine-readable line for scripts and tests that start us on port 0.
     println!("listening on {local}");
-    // Small response frames (an exec's exit line) must not wait for the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
-        let _ = s.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+    // Small response frames (an exec's exit line) must not wait for the client's delayed ACK:
+    // the server sets TCP_NODELAY on every connection.
+    crate::http_serve::serve(
+        listener,
+        app,
+        crate::http_serve::Limits {
+            max_connections: a.max_connections,
+            header_read_timeout: Duration::from_secs(a.header_read_timeout_secs),
+            drain: Duration::from_secs(30),
+        },
+        async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("signal handler");
@@ -503,9 +515,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            warn!("shutting down; sandboxes keep running and are re-adopted at next start");
-        })
-        .await?;
+        },
+    )
+    .await;
     engine.close();
     Ok(())
 }

@@ -900,3 +900,54 @@ fn early_errors_on_large_bodies_say_connection_close() {
     let ok = call(&d.key, "GET", &format!("{}/v1/sandboxes", d.url), None);
     assert_eq!(ok.status, 200, "{}", ok.raw);
 }
+
+/// A client that trickles a request head loses its connection after the head deadline, and
+/// past the connection cap new connections wait until one is free.
+#[test]
+fn slow_heads_are_cut_and_connections_are_capped() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let d = Daemon::start_with(&["--header-read-timeout-secs=1", "--max-connections=2"]);
+    let addr = d.url.trim_start_matches("http://").to_string();
+
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 408"),
+        "a trickled head must be cut: {answer:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    drop(slow);
+
+    // Two connections busy (a head in progress each), the third waits for a slot.
+    let mut a = std::net::TcpStream::connect(&addr).unwrap();
+    a.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let mut b = std::net::TcpStream::connect(&addr).unwrap();
+    b.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let waited = c.read(&mut buf);
+    assert!(
+        matches!(&waited, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the third connection must wait while two are served: {waited:?}"
+    );
+    // The head deadline frees the two slots; then the third is served.
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop((a, b));
+}
