@@ -643,10 +643,20 @@ def test_audit_records_program_not_arguments(make_sandbox):
 
 def test_duplicate_name_conflict(client, make_sandbox):
     sb = make_sandbox(BUSYBOX)
+    # (The same create again from the same key is taken as a retry and answered with the
+    # sandbox already made: see test_a_retried_create_gets_the_same_sandbox.)
     with pytest.raises(neevai.ConflictError) as ei:
-        client.sandboxes.create({"sandbox_template_id": BUSYBOX, "name": sb.name})
+        client.sandboxes.create({"sandbox_template_id": BUSYBOX, "name": sb.name,
+                                 "resources": {"memory_gb": 2}})
     assert ei.value.status_code == 409
     assert ei.value.code == "conflict"
+    assert len(client.sandboxes.list(name=sb.name).items) == 1
+
+
+def test_a_retried_create_gets_the_same_sandbox(client, make_sandbox):
+    sb = make_sandbox(BUSYBOX)
+    again = client.sandboxes.create({"sandbox_template_id": BUSYBOX, "name": sb.name})
+    assert again.id == sb.id
     assert len(client.sandboxes.list(name=sb.name).items) == 1
 
 

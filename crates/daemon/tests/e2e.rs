@@ -398,13 +398,15 @@ fn malformed_requests_get_documented_errors_and_the_daemon_keeps_serving() {
     }
     let r = call(&d.key, "PUT", &url, None);
     assert_eq!(r.status, 405);
-    // Duplicate names conflict; the daemon is still healthy after all of the above.
+    // Duplicate names conflict (an identical create by the same key is a retry instead, see
+    // `a_retried_create_returns_the_sandbox_already_made`); the daemon is still healthy after
+    // all of the above.
     d.create(json!({"name": "dup", "sandbox_template_id": "sb-busybox"}));
     let r = call(
         &d.key,
         "POST",
         &url,
-        Some(json!({"name": "dup", "sandbox_template_id": "sb-busybox"})),
+        Some(json!({"name": "dup", "sandbox_template_id": "sb-debian-12-python"})),
     );
     assert_eq!((r.status, r.body["code"].as_str()), (409, Some("conflict")));
     // Data-plane input errors come in the data-plane shape.
@@ -1213,5 +1215,33 @@ fn preview_urls_on_a_wildcard_domain() {
     assert_eq!(
         get_with_host(&d, &format!("127.0.0.1:{port}"), "/healthz"),
         (200, "ok\n".to_string())
+    );
+}
+
+/// neevai retries a create whose answer it did not get in time: the same key sending the same
+/// create again gets the sandbox it already made (201, same id), not a 409 for its own name;
+/// another key, or another sizing, still gets the 409.
+#[test]
+fn a_retried_create_returns_the_sandbox_already_made() {
+    let d = Daemon::start();
+    let body = json!({"name": "retried", "sandbox_template_id": "sb-busybox"});
+    let first = d.create(body.clone());
+    let url = d.sandboxes_url("default", "default");
+    let again = call(&d.key, "POST", &url, Some(body.clone()));
+    assert_eq!(again.status, 201, "{}", again.raw);
+    assert_eq!(again.body["id"], first["id"]);
+    let other = json!({"name": "retried", "sandbox_template_id": "sb-debian-12-python"});
+    assert_eq!(call(&d.key, "POST", &url, Some(other)).status, 409);
+    let bigger = json!({"name": "retried", "sandbox_template_id": "sb-busybox",
+                        "resources": {"memory_gb": 2}});
+    assert_eq!(call(&d.key, "POST", &url, Some(bigger)).status, 409);
+    let key2 = d.create_key("default", Some("default"));
+    assert_eq!(call(&key2, "POST", &url, Some(body)).status, 409);
+    let list = call(&d.key, "GET", &url, None);
+    assert_eq!(
+        list.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        list.raw
     );
 }

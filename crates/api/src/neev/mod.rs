@@ -160,6 +160,9 @@ async fn list(
     Ok(Json(page_json(items, total, page, limit)))
 }
 
+/// How long a repeated identical create by the same key returns the sandbox already made.
+const RETRY_WINDOW_SECS: i64 = 300;
+
 async fn create(
     State(st): State<AppState>,
     Path((org, project)): Path<(String, String)>,
@@ -250,13 +253,15 @@ async fn create(
         .as_ref()
         .and_then(|l| l.get("idle_timeout_seconds"))
         .and_then(Value::as_u64);
-    let sb = st
+    let template_id = template.id.to_string();
+    let (asked_env, asked_egress) = (env.clone(), egress.clone());
+    let created = st
         .engine
         .create_sandbox(
             &p,
             &t,
             CreateSandbox {
-                name,
+                name: name.clone(),
                 region: req.region,
                 template,
                 env,
@@ -269,7 +274,26 @@ async fn create(
                 network_policy: None,
             },
         )
-        .await?;
+        .await;
+    let sb = match created {
+        Ok(sb) => sb,
+        // The SDK retries a create whose answer it did not get in time: the same key asking
+        // again for the same sandbox within a short window gets the one already made.
+        Err(sandboxd_engine::EngineError::Core(sandboxd_core::CoreError::Conflict(m))) => {
+            match st.engine.find_sandbox(&t, &name).ok().filter(|sb| {
+                sb.created_by.as_deref() == Some(p.key_id.as_str())
+                    && sb.template_id == template_id
+                    && sb.resources == resources
+                    && sb.env == asked_env
+                    && sb.egress == asked_egress
+                    && Utc::now() - sb.created_at < Duration::seconds(RETRY_WINDOW_SECS)
+            }) {
+                Some(sb) => sb,
+                None => return Err(sandboxd_core::CoreError::Conflict(m).into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok((StatusCode::CREATED, Json(sandbox_view(&sb, &st.public_url))).into_response())
 }
 
