@@ -188,19 +188,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let rows = match outcome {
         Outcome::Lifecycle(rows) => rows,
         Outcome::Interactive(rep) => {
-            let mut out = json!({
-                "benchmark": "sandboxd bench --suite interactive",
-                "template": a.template(),
-                "runs": a.runs(),
-                "machine": machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
-                "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
-                "rows": rep.rows.iter().map(report::row_json).collect::<Vec<_>>(),
-                "targets": report::targets_json(&rep.targets),
-            });
-            if let (Some(o), Some(x)) = (out.as_object_mut(), rep.extra.as_object()) {
-                o.extend(x.clone());
-            }
+            let out = suite_json(
+                &a,
+                "sandboxd bench --suite interactive",
+                machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
+                wall,
+                (&rep.rows, &rep.targets, &rep.extra),
+            );
             println!(
                 "sandboxd bench --suite interactive: template {}, N={}, {} CPUs, {runsc_version}, systrap, {:.0} s, load {} -> {}",
                 a.template(),
@@ -219,19 +213,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             return emit(&out, a.json.as_deref());
         }
         Outcome::Snapshots(rep) => {
-            let mut out = json!({
-                "benchmark": "sandboxd bench --suite snapshots",
-                "template": a.template(),
-                "runs": a.runs(),
-                "machine": machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
-                "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
-                "rows": rep.rows.iter().map(report::row_json).collect::<Vec<_>>(),
-                "targets": report::targets_json(&rep.targets),
-            });
-            if let (Some(o), Some(x)) = (out.as_object_mut(), rep.extra.as_object()) {
-                o.extend(x.clone());
-            }
+            let out = suite_json(
+                &a,
+                "sandboxd bench --suite snapshots",
+                machine_json(&runsc_version, &loadavg_start, !a.no_subreaper),
+                wall,
+                (&rep.rows, &rep.targets, &rep.extra),
+            );
             snapshots::print(&out, &rep, wall.as_secs_f64());
             return emit(&out, a.json.as_deref());
         }
@@ -323,6 +311,30 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     println!("{}", report::targets_text(&targets));
     println!();
     emit(&out, a.json.as_deref())
+}
+
+/// The JSON of a suite's report: header, rows, targets, and the suite's extra fields.
+fn suite_json(
+    a: &BenchArgs,
+    benchmark: &str,
+    machine: serde_json::Value,
+    wall: Duration,
+    (rows, targets, extra): (&[Row], &[Target], &serde_json::Value),
+) -> serde_json::Value {
+    let mut out = json!({
+        "benchmark": benchmark,
+        "template": a.template(),
+        "runs": a.runs(),
+        "machine": machine,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "wall_seconds": (wall.as_secs_f64() * 10.0).round() / 10.0,
+        "rows": rows.iter().map(report::row_json).collect::<Vec<_>>(),
+        "targets": report::targets_json(targets),
+    });
+    if let (Some(o), Some(x)) = (out.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    out
 }
 
 /// The JSON line on stdout, and pretty-printed to `--json FILE`.
